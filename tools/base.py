@@ -1,0 +1,131 @@
+"""The tool interface every stage uses: a name, a few-shot prompt, a document heuristic and a call.
+
+A tool is executed as ``tool(input, context) -> str`` and signals failure only by raising
+:class:`ToolError` with a short machine-readable ``reason`` (``parse``, ``limit``, ``div0``,
+``timeout``, ``connect``, ``http_503``, ``bad_response``, ``unavailable``, ``internal``, ...).
+
+Adding a tool from outside this repository::
+
+    from tools import Tool, register_tool
+
+    @register_tool
+    class Weather(Tool):
+        name = "Weather"
+        prompt_template = "... Input: {input}\\nOutput:"
+        def __call__(self, input, context):
+            return "sunny"
+
+or, without touching code that imports it, expose the class under the entry-point group
+``toolformer.tools`` in your package, or pass ``--tools mypkg.mymod:Weather`` on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import importlib
+import random
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+PROMPT_DIR = Path(__file__).parent / "prompts"
+INPUT_SLOT = "{input}"
+
+
+class ToolError(Exception):
+    """A call that produced no result. ``reason`` is short and stable (used in metrics)."""
+
+    def __init__(self, reason: str, message: str = ""):
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason = reason
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class CallContext:
+    """What a call may depend on besides its input. Part of the cache key."""
+
+    date: dt.date | None = None  # the document's date (data generation) or "today" (inference)
+    doc_id: str | None = None
+
+    def cache_key(self) -> tuple:
+        return (self.date.isoformat() if self.date else None,)
+
+
+class Tool:
+    """Base class. Subclasses set ``name`` and implement ``__call__``.
+
+    ``prompt_template`` is the few-shot prompt P(x) of the paper, with exactly one ``{input}``
+    slot where the document goes (filled by :meth:`prompt`, never by ``str.format``: documents
+    contain braces). Prompts live in ``tools/prompts/<name>.txt``.
+    """
+
+    name: ClassVar[str] = ""
+    takes_input: ClassVar[bool] = True
+    prompt_file: ClassVar[str | None] = None  # defaults to prompts/<name lower>.txt
+    # Whether the result depends only on (input, context): such results may be cached.
+    deterministic: ClassVar[bool] = True
+
+    @property
+    def prompt_template(self) -> str:
+        path = PROMPT_DIR / (self.prompt_file or f"{self.name.lower()}.txt")
+        return path.read_text(encoding="utf-8")
+
+    def prompt(self, document: str) -> str:
+        template = self.prompt_template
+        if template.count(INPUT_SLOT) != 1:
+            raise ValueError(f"prompt of {self.name} must contain exactly one {INPUT_SLOT} slot")
+        return template.replace(INPUT_SLOT, document)
+
+    def accepts(self, document: Mapping[str, Any], rng: random.Random) -> bool:
+        """The paper's document heuristic: should this tool see this document?"""
+        return True
+
+    def __call__(self, input: str, context: CallContext) -> str:
+        raise ToolError("internal", f"{type(self).__name__} does not implement __call__")
+
+
+_REGISTRY: dict[str, type[Tool]] = {}
+
+
+def register_tool(cls: type[Tool]) -> type[Tool]:
+    """Class decorator: make a tool findable by its ``name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_builtin_and_plugins() -> None:
+    importlib.import_module("tools.builtin")  # registers the paper's tools
+    for ep in metadata.entry_points(group="toolformer.tools"):
+        register_tool(ep.load())
+
+
+def available_tools() -> list[str]:
+    _load_builtin_and_plugins()
+    return sorted(_REGISTRY)
+
+
+def tool_class(spec: str) -> type[Tool]:
+    """A tool class from its name (``Calculator``, case-insensitive) or ``module:Class``."""
+    if ":" in spec:
+        module, _, attr = spec.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise KeyError(f"cannot load tool {spec!r}: {e}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Tool)):
+            raise KeyError(f"{spec!r} is not a Tool subclass")
+        return register_tool(cls)
+    _load_builtin_and_plugins()
+    by_lower = {k.lower(): v for k, v in _REGISTRY.items()}
+    if spec.lower() not in by_lower:
+        raise KeyError(f"unknown tool {spec!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return by_lower[spec.lower()]
+
+
+def get_tool(spec: str, **config: Any) -> Tool:
+    """An instance of the tool named ``spec``; ``config`` goes to its constructor."""
+    return tool_class(spec)(**config)
