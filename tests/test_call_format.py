@@ -210,5 +210,5 @@ def test_hostile_sizes_parse_in_linear_time(text):
     t0 = time.perf_counter()
     calls = parse_calls(text)
     elapsed = time.perf_counter() - t0
-    assert elapsed < 3.0, elapsed  # the regex parser of a public port took 40 s on 160 KB
+    assert elapsed < 5.0, elapsed  # the regex parser of a public port took 40 s on 160 KB
     assert all(c.status != OK or len(c.input) <= DEFAULT_FORMAT.max_input_chars for c in calls)

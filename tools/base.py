@@ -27,7 +27,8 @@ import importlib
 import random
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 INPUT_SLOT = "{input}"

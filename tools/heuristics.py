@@ -1,0 +1,131 @@
+"""Document heuristics: which documents each tool sees during data generation (paper, section 4).
+
+The pipeline calls ``tool.accepts(document, doc_rng(doc_id, seed, tool.name))``. The random
+generator is seeded from a stable hash of the document id (BLAKE2b), never Python's ``hash()``,
+which differs per process: a document gets the same decision on every worker and every rerun.
+
+* Calculator: at least three numbers where one follows from two others by + - × ÷ (the paper's
+  rule), plus a small random share (1 %) of the other documents that contain numbers.
+* Calendar: documents whose date is known (a ``date`` field or a date in the ``url``).
+* WikiSearch, QA: every document.
+* MT: documents with a run of at least ``MT_MIN_FOREIGN_WORDS`` words written in a non-Latin
+  script or with non-ASCII letters. The paper used a fastText language-ID classifier; we use
+  this character heuristic to avoid another model download.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import random
+import re
+from collections.abc import Mapping
+from fractions import Fraction
+from typing import Any
+
+CALCULATOR_RANDOM_SHARE = 0.01
+MAX_NUMBERS = 60  # the arithmetic check is quadratic in the numbers of a document
+MT_MIN_FOREIGN_WORDS = 3
+
+_NUMBER = re.compile(r"(?<![\w.,])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w])")
+_DATE_IN_URL = re.compile(r"(?<!\d)((?:19|20)\d{2})([/-])(\d{1,2})\2(\d{1,2})(?!\d)")
+_FOREIGN_WORD = re.compile(r"\S*[^\x00-\x7f\W\d_]\S*")
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 64-bit seed from ``parts`` that is the same in every process and on every machine."""
+    digest = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def doc_rng(doc_id: str, seed: int = 0, salt: str = "") -> random.Random:
+    """The random generator for one document (and one tool, via ``salt``)."""
+    return random.Random(stable_seed(seed, salt, doc_id))
+
+
+def numbers_in(text: str) -> list[Fraction]:
+    """The numbers written in ``text`` (``1,280`` and ``3.5`` included), in order."""
+    return [Fraction(m.group(0).replace(",", "")) for m in _NUMBER.finditer(text)]
+
+
+def has_arithmetic_relation(numbers: list[Fraction]) -> bool:
+    """Whether some number equals a + b, a - b, a × b or a / b of two others (distinct positions).
+
+    A quotient also counts when it matches after rounding to 2 decimals or as a percentage
+    (``400 / 1400`` -> ``0.29`` or ``29``), the way text writes it. Operands 0 and 1 are skipped
+    where they make the relation trivial (``x × 1 = x``).
+    """
+    nums = numbers[:MAX_NUMBERS]
+    positions: dict[Fraction, list[int]] = {}
+    for i, v in enumerate(nums):
+        positions.setdefault(v, []).append(i)
+
+    def present(value: Fraction, *exclude: int) -> bool:
+        return any(p not in exclude for p in positions.get(value, ()))
+
+    for (i, a), (j, b) in itertools.permutations(enumerate(nums), 2):
+        if a != 0 and b != 0 and (present(a + b, i, j) or present(a - b, i, j)):
+            return True
+        if a not in (0, 1) and b not in (0, 1) and present(a * b, i, j):
+            return True
+        if b not in (0, 1) and a != 0:
+            q = a / b
+            rounded = Fraction(round(q * 100), 100)
+            if present(q, i, j) or (q < 1 and (present(rounded, i, j) or present(rounded * 100, i, j))):
+                return True
+    return False
+
+
+def calculator_accepts(text: str, rng: random.Random, random_share: float = CALCULATOR_RANDOM_SHARE) -> bool:
+    numbers = numbers_in(text)
+    if len(numbers) >= 3 and has_arithmetic_relation(numbers):
+        return True
+    # The random draw is made for every document with numbers, so the decision for one document
+    # does not depend on the others.
+    return bool(numbers) and rng.random() < random_share
+
+
+def date_from_url(url: str) -> dt.date | None:
+    """A date written in a URL path: ``/2023/01/30/`` or ``2023-01-30``."""
+    for m in _DATE_IN_URL.finditer(url):
+        try:
+            return dt.date(int(m.group(1)), int(m.group(3)), int(m.group(4)))
+        except ValueError:
+            continue
+    return None
+
+
+def document_date(document: Mapping[str, Any]) -> dt.date | None:
+    """The document's date: its ``date`` field (ISO date or datetime), else a date in its ``url``."""
+    value = document.get("date")
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            return dt.datetime.fromisoformat(text).date()
+        except ValueError:
+            pass
+        found = date_from_url(text)
+        if found is not None:
+            return found
+    url = document.get("url")
+    if isinstance(url, str):
+        return date_from_url(url)
+    return None
+
+
+def has_foreign_text(text: str, min_words: int = MT_MIN_FOREIGN_WORDS) -> bool:
+    """Whether ``text`` has ``min_words`` consecutive words containing non-ASCII letters."""
+    run = 0
+    for word in text.split():
+        if _FOREIGN_WORD.fullmatch(word):
+            run += 1
+            if run >= min_words:
+                return True
+        else:
+            run = 0
+    return False
