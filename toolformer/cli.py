@@ -92,7 +92,8 @@ def build_parser(name: str, fn: Callable) -> argparse.ArgumentParser:
         elif get_origin(tp) is Literal:
             kwargs["choices"] = list(get_args(tp))
         elif tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
+            # `no_tools` reads as `--no-tools`, not `--no-tools/--no-no-tools`
+            kwargs["action"] = "store_true" if pname.startswith("no_") else argparse.BooleanOptionalAction
         else:
             kwargs["type"] = tp
         if positional:
