@@ -89,6 +89,8 @@ def build_parser(name: str, fn: Callable) -> argparse.ArgumentParser:
         if get_origin(tp) is list:
             kwargs["type"] = get_args(tp)[0] if get_args(tp) else str
             kwargs["nargs"] = "+" if positional else "*"
+            if not positional:
+                kwargs["action"] = "extend"  # `--model a --model b` adds instead of replacing
         elif get_origin(tp) is Literal:
             kwargs["choices"] = list(get_args(tp))
         elif tp is bool:

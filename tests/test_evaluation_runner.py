@@ -1,0 +1,42 @@
+"""Conditions, prompts and scoring dispatch of the runner (toolformer/evaluation/runner.py)."""
+
+import datetime as dt
+
+from toolformer.evaluation.datasets import Example
+from toolformer.evaluation.runner import conditions_for, model_labels, render_prompt, score
+
+
+def test_zero_shot_prompts():
+    assert render_prompt("math", "How many {apples}?") == "Question: How many {apples}?\nAnswer:"
+    assert render_prompt("cloze", "Alan Turing works in the field of") == (
+        "Please complete the following text so that it is factually correct: Alan Turing works in the field of")
+
+
+def test_one_shot_shows_the_call_only_to_conditions_with_that_tool():
+    with_tool = render_prompt("math", "Q?", one_shot=True, tool_names=["Calculator", "Calendar"])
+    assert with_tool == ("Question: Tom had 35 apples and sold 12 of them. How many apples does he have left?\n"
+                         "Answer: [Calculator(35 - 12) -> 23] 23\n\nQuestion: Q?\nAnswer:")
+    without = render_prompt("math", "Q?", one_shot=True, tool_names=[])
+    assert without == ("Question: Tom had 35 apples and sold 12 of them. How many apples does he have left?\n"
+                       "Answer: 23\n\nQuestion: Q?\nAnswer:")
+    # The cloze example calls QA: without QA it is shown without its call.
+    assert render_prompt("cloze", "X is in", one_shot=True, tool_names=["Calculator"]).startswith(
+        "Please complete the following text so that it is factually correct: The Eiffel Tower is located in "
+        "the city of Paris.\n\n")
+
+
+def test_labels_and_conditions():
+    assert model_labels(["smollm2-135m", "runs/ft/", "other/ft"]) == ["smollm2-135m", "ft", "ft#2"]
+    names = [c.name for c in conditions_for(["smollm2-135m", "runs/ft"], True, "math")]
+    assert names == ["smollm2-135m, no tools", "smollm2-135m + tools", "ft, no tools", "ft + tools"]
+    assert [c.name for c in conditions_for(["a", "b"], False, "math")] == ["a, no tools", "b, no tools"]
+    assert [c.use_tools for c in conditions_for(["a"], True, "perplexity")] == [False]
+
+
+def test_score_dispatch():
+    math = Example("1", "q", ("9 (apples)",), gold_number=9.0)
+    assert score("math", math, " 9 apples") == (9.0, True)
+    day = Example("2", "q", ("Monday",), kind="weekday", today=dt.date(2023, 1, 30))
+    assert score("dates", day, " It is Monday.") == ("Monday", True)
+    fact = Example("3", "q", ("logic",))
+    assert score("cloze", fact, " logic.") == ("logic", True)

@@ -1,0 +1,209 @@
+"""Run one evaluation task for several models, each with and without tools (the paper's protocol).
+
+Zero-shot prompts, greedy decoding, a call may start whenever the call token is among the top 10
+next tokens, at most one call per input (paper Section 4.2). Each condition's answer is scored on
+``text_without_calls``: the call is not part of what the model says.
+
+Conditions, in the paper's words: the base model without tools, the fine-tuned model without tools
+("Toolformer (disabled)"), the fine-tuned model with tools, and the base model with tools. Pass the
+base model first and the fine-tuned one second; every model runs both ways unless ``--no-tools``.
+
+Run: ``toolformer evaluate --task math --data ../shared/data/mawps/tora/test.jsonl --limit 50
+--model smollm2-135m runs/ft --output eval_out``
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import json
+import time
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from toolformer.call_format import parse_calls, strip_calls
+from toolformer.evaluation.datasets import Example
+from toolformer.evaluation.dates import format_today
+from toolformer.evaluation.perplexity import perplexity
+from toolformer.evaluation.scoring import score_cloze, score_date, score_math
+from tools.base import CallContext, Tool
+
+# Zero-shot prompts. The LAMA prompt is the paper's (App. C.1). The paper prints no template for the
+# math and date questions, so we use the plainest question/answer frame; the first line of the
+# answer is what gets scored (generation stops at a newline).
+PROMPTS = {
+    "math": "Question: {question}\nAnswer:",
+    "dates": "Question: {question}\nAnswer:",
+    "cloze": "Please complete the following text so that it is factually correct: {question}",
+}
+# `--one-shot`: one worked example before each prompt, for a "base model with tools (prompted)".
+# A model never trained on calls rarely starts one zero-shot; one demonstration shows it the syntax.
+# Conditions whose tools lack the demonstrated one see the same example with the call removed, so
+# with and without tools differ only in the call. This differs from the paper, whose evaluation is
+# zero-shot throughout (its base model never gets tools).
+DEMONSTRATIONS = {
+    "math": ("Tom had 35 apples and sold 12 of them. How many apples does he have left?",
+             " [Calculator(35 - 12) -> 23] 23"),
+    "dates": ("How many days are there until Christmas Day?",
+              " [Calendar() -> Today is Monday, December 18, 2023.] 7"),
+    "cloze": ("The Eiffel Tower is located in the city of", " [QA(Where is the Eiffel Tower?) -> Paris] Paris."),
+}
+MAX_NEW_TOKENS = {"math": 40, "dates": 32, "cloze": 32}  # room for one call and a short answer
+TOP_K_TRIGGER = 10  # paper: start a call when the call token is among the top 10
+MAX_CALLS = 1  # paper: at most one API call per input
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """One column of the results table: a model, with or without its tools."""
+
+    model: str  # what --model named
+    label: str  # short name shown in tables
+    use_tools: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} + tools" if self.use_tools else f"{self.label}, no tools"
+
+
+@dataclasses.dataclass
+class ConditionResult:
+    condition: str
+    model: str
+    tools: bool
+    tool_names: list[str]
+    n: int
+    correct: int | None = None
+    accuracy: float | None = None
+    tool_call_share: float | None = None  # share of examples in which at least one call ran
+    calls_per_tool: dict[str, int] = dataclasses.field(default_factory=dict)
+    failed_calls: int = 0  # calls that ran and returned an error (rolled back by the generator)
+    perplexity: float | None = None
+    nll: float | None = None
+    tokens: int | None = None
+    windows: int | None = None
+    seconds: float = 0.0
+
+
+def model_labels(specs: list[str]) -> list[str]:
+    """Short, unique labels: the last path component of each spec (``runs/ft`` -> ``ft``)."""
+    labels = []
+    for spec in specs:
+        base = Path(spec.rstrip("/")).name or spec
+        label, k = base, 2
+        while label in labels:
+            label, k = f"{base}#{k}", k + 1
+        labels.append(label)
+    return labels
+
+
+def conditions_for(specs: list[str], use_tools: bool, task: str) -> list[Condition]:
+    """Each model without tools and, unless disabled, with tools (perplexity never uses tools)."""
+    modes = [False, True] if use_tools and task != "perplexity" else [False]
+    return [Condition(spec, label, mode) for spec, label in zip(specs, model_labels(specs)) for mode in modes]
+
+
+def render_prompt(task: str, question: str, one_shot: bool = False, tool_names: Collection[str] = ()) -> str:
+    """The task's zero-shot prompt, optionally after one worked example (see DEMONSTRATIONS)."""
+    # str.replace, not str.format: questions may contain braces.
+    prompt = PROMPTS[task].replace("{question}", question)
+    if not one_shot:
+        return prompt
+    demo_question, demo_answer = DEMONSTRATIONS[task]
+    if not any(call.tool in tool_names for call in parse_calls(demo_answer)):
+        demo_answer = strip_calls(demo_answer)
+    return PROMPTS[task].replace("{question}", demo_question) + demo_answer + "\n\n" + prompt
+
+
+def score(task: str, example: Example, answer: str) -> tuple[Any, bool]:
+    """``(what was read from the answer, correct?)`` under the task's rule."""
+    if task == "math":
+        return score_math(answer, example.gold_number)
+    if task == "dates":
+        return score_date(answer, example.answers[0], example.kind)
+    if task == "cloze":
+        return score_cloze(answer, example.answers)
+    raise ValueError(f"task {task!r} has no scoring rule")
+
+
+def _with_date(example: Example) -> str:
+    # `--date-in-prompt`: the question states its "today" in the Calendar's own words. Off by default:
+    # the paper's DATESET gain came from Calendar calls, so the date must not be given away.
+    return f"{format_today(example.today)} {example.question}" if example.today else example.question
+
+
+def make_generator(model, tokenizer, tools: Mapping[str, Tool], use_tools: bool, max_new_tokens: int):
+    """The inline tool-calling generator (toolformer.generation), configured as the paper evaluates."""
+    from toolformer.generation import GenerationConfig, ToolGenerator
+
+    config = GenerationConfig(max_new_tokens=max_new_tokens, top_k_trigger=TOP_K_TRIGGER, max_calls=MAX_CALLS,
+                              use_tools=use_tools, stop_at_newline=True)
+    return ToolGenerator(model, tokenizer, tools, config)
+
+
+def run_generation_condition(
+    task: str,
+    condition: Condition,
+    model,
+    tokenizer,
+    examples: list[Example],
+    tools: Mapping[str, Tool],
+    predictions_file,
+    max_new_tokens: int | None = None,
+    batch_size: int = 8,
+    today: dt.date | None = None,
+    progress: bool = True,
+    one_shot: bool = False,
+    date_in_prompt: bool = False,
+) -> ConditionResult:
+    """Generate an answer for every example, score it, append each prediction to ``predictions_file``."""
+    start = time.perf_counter()
+    tools = tools if condition.use_tools else {}
+    generator = make_generator(model, tokenizer, tools, condition.use_tools,
+                               max_new_tokens or MAX_NEW_TOKENS[task])
+    prompts = [render_prompt(task, _with_date(ex) if date_in_prompt else ex.question, one_shot, tools)
+               for ex in examples]
+    # The dates task's "today" reaches the Calendar through the call context; other tasks use the
+    # real date (or --today), as a deployed model would.
+    contexts = [CallContext(date=ex.today or today, doc_id=ex.id) for ex in examples]
+    outputs = generator.generate(prompts, contexts, batch_size=batch_size, progress=progress)
+    if len(outputs) != len(examples):
+        raise RuntimeError(f"the generator returned {len(outputs)} outputs for {len(examples)} prompts")
+    correct, with_call, failed = 0, 0, 0
+    per_tool: collections.Counter[str] = collections.Counter()
+    for ex, prompt, out in zip(examples, prompts, outputs):
+        extracted, ok = score(task, ex, out.text_without_calls)
+        correct += ok
+        with_call += bool(out.calls)
+        per_tool.update(call.tool for call in out.calls)
+        failed += sum(call.error is not None for call in out.calls)
+        record = {
+            "condition": condition.name, "model": condition.model, "tools": condition.use_tools,
+            "id": ex.id, "prompt": prompt, "output": out.text, "answer": out.text_without_calls,
+            "extracted": extracted, "gold": ex.gold_number if task == "math" else list(ex.answers),
+            "correct": ok,
+            "calls": [{"tool": c.tool, "input": c.input, "result": c.result, "error": c.error} for c in out.calls],
+        }
+        if ex.today:
+            record["today"] = ex.today.isoformat()
+        predictions_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    predictions_file.flush()
+    n = len(examples)
+    return ConditionResult(
+        condition=condition.name, model=condition.model, tools=condition.use_tools,
+        tool_names=sorted(tools), n=n, correct=correct, accuracy=correct / n if n else 0.0,
+        tool_call_share=with_call / n if n else 0.0, calls_per_tool=dict(sorted(per_tool.items())),
+        failed_calls=failed, seconds=round(time.perf_counter() - start, 2))
+
+
+def run_perplexity_condition(condition: Condition, model, tokenizer, text: str, window: int, stride: int,
+                             max_windows: int | None, progress: bool = True) -> ConditionResult:
+    start = time.perf_counter()
+    result = perplexity(model, tokenizer, text, window=window, stride=stride, max_windows=max_windows,
+                        progress=progress)
+    return ConditionResult(
+        condition=condition.name, model=condition.model, tools=False, tool_names=[], n=result.tokens,
+        perplexity=result.perplexity, nll=result.nll, tokens=result.tokens, windows=result.windows,
+        seconds=round(time.perf_counter() - start, 2))
