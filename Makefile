@@ -29,5 +29,11 @@ demo: install
 	$(TF) fetch-model
 	$(TF) demo
 
+# Benchmarks (not tests): augmentation vs the naive way, generation vs model.generate, BM25 index.
+bench: install
+	$(TF) fetch-model
+	$(PY) benchmarks/bench_augment.py --docs 3 --threads 1
+	$(PY) benchmarks/bench_generate.py --threads 1
+
 clean:
 	rm -rf $(VENV) demo_out

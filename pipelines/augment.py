@@ -1,0 +1,575 @@
+"""The Toolformer data-generation pipeline on Apache Beam, and the ``refilter`` command.
+
+    toolformer augment --input 'data/*.jsonl' --output runs/r1 --tools calculator \\
+        --override calculator.tau_s=0 --limit 20 [--resume] [any Beam pipeline option]
+    python beam_runner.py --input ... --output ...          (the same flags)
+    toolformer refilter runs/r1 runs/r1-tau1 --tau-f calculator=1.0
+
+Steps (each a labelled transform; logic in pipelines/stages.py and toolformer/{sampling,filtering}):
+ReadDocs -> SelectPart -> DedupeIds -> Route -> ScoreAndSample (RunInference) -> CountSamples ->
+Execute -> Filter (RunInference) -> CandidateRecords -> JoinByDoc -> Merge -> Write*.
+
+Runners. The default is ``--runner=FnApiRunner`` (the DirectRunner first tries to download Prism);
+it honours ``--direct_num_workers=N --direct_running_mode=multi_threading|multi_processing``
+(multi-processing costs ~10 s of start-up). On a cluster pass the runner's own flags, e.g.
+``--runner=FlinkRunner --flink_master=host:8081 --environment_type=LOOPBACK``,
+``--runner=SparkRunner --spark_master_url=...`` or ``--runner=DataflowRunner --project=P
+--region=R --temp_location=gs://B/tmp --sdk_container_image=IMAGE`` (an image with this package
+installed). The model reaches the workers by name: every worker calls ``load_model(--model)``, so
+``--model`` must be a path or fetched name that exists on the workers (bake the fetched cache
+into the worker image, or point --model at a shared file system); ``--override large_model=true``
+loads one copy per machine shared by its worker processes. Outputs go through Beam's file sinks,
+so ``--output`` may be any Beam file system path the runner can write (run-directory bookkeeping
+— markers, stats, resume — uses the local file system, so run the launcher where DIR is mounted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import rundir
+from pipelines.documents import DOC, read_records
+from pipelines.model_handler import AugmentModelHandler
+from pipelines.settings import RunSettings, build_settings
+from pipelines.stages import (
+    DEAD,
+    NAMESPACE,
+    CandidateRecordsFn,
+    CountSamplesFn,
+    ExecuteFn,
+    MergeFn,
+    RouteFn,
+    count,
+    in_part,
+    merge_document,
+    record_seconds,
+    unique_document,
+)
+from toolformer.call_format import strip_calls
+from toolformer.errors import UserError
+from toolformer.filtering import keep_if_useful
+
+log = logging.getLogger(__name__)
+
+
+# --- Reading ----------------------------------------------------------------------------------
+
+
+class ParseFileFn(beam.DoFn):
+    """Documents and dead letters of one matched file (or saved dataset directory)."""
+
+    def __init__(self, text_field: str):
+        self.text_field = text_field
+
+    def process(self, item):
+        t0 = time.perf_counter()
+        if isinstance(item, str):  # a dataset directory
+            records = read_records(item, None, self.text_field)
+        else:  # raw bytes: read_records decompresses .gz itself
+            data = item.open(compression_type=CompressionTypes.UNCOMPRESSED).read()
+            records = read_records(item.metadata.path, data, self.text_field)
+        for kind, record in records:
+            yield record if kind == DOC else beam.pvalue.TaggedOutput(DEAD, record)
+        record_seconds("read", time.perf_counter() - t0)
+
+
+class SelectPartFn(beam.DoFn):
+    """Keep this part's documents (and bad records), counting them once across parts."""
+
+    def __init__(self, part: int, parts: int, bad: bool):
+        self.part, self.parts, self.bad = part, parts, bad
+
+    def process(self, record):
+        key = record["detail"] if self.bad else record["doc_id"]
+        if in_part(key, self.part, self.parts):
+            if self.bad:
+                count("docs_bad")
+                count(f"bad_records:{record['reason']}")
+            else:
+                count("docs_read")
+                count("docs_truncated", bool(record.get("truncated")))
+            yield record
+
+
+def split_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
+    """(file patterns, saved-dataset directories); a pattern that matches nothing is an error."""
+    from apache_beam.io.filesystems import FileSystems
+
+    files, dirs = [], []
+    for pattern in patterns:
+        if Path(pattern).is_dir():
+            if (
+                not (Path(pattern) / "dataset_info.json").is_file()
+                and not (Path(pattern) / "state.json").is_file()
+            ):
+                raise UserError(f"--input {pattern} is a directory but not a saved HF dataset; pass a glob")
+            dirs.append(pattern)
+            continue
+        if not FileSystems.match([pattern])[0].metadata_list:
+            raise UserError(f"--input {pattern} matches no files")
+        files.append(pattern)
+    return files, dirs
+
+
+# --- Writing ----------------------------------------------------------------------------------
+
+
+def to_json(record: dict) -> str:
+    return json.dumps(record, sort_keys=True, ensure_ascii=False)
+
+
+def _text_row(rec: dict) -> dict:
+    meta = {k: v for k, v in rec.items() if k not in ("doc_id", "text", "calls")}
+    return {"doc_id": rec["doc_id"], "text": rec["text"], "calls": rec["calls"], "metadata": to_json(meta)}
+
+
+def parquet_schemas():
+    import pyarrow as pa
+
+    call = pa.struct(
+        [("tool", pa.string()), ("input", pa.string()), ("result", pa.string()), ("position", pa.int64())]
+    )
+    texts = pa.schema(
+        [("doc_id", pa.string()), ("text", pa.string()), ("calls", pa.list_(call)), ("metadata", pa.string())]
+    )
+    f64 = pa.float64()
+    cands = pa.schema(
+        [
+            ("doc_id", pa.string()),
+            ("tool", pa.string()),
+            ("window_offset", pa.int64()),
+            ("position", pa.int64()),
+            ("token_position", pa.int64()),
+            ("call", pa.string()),
+            ("input", pa.string()),
+            ("result", pa.string()),
+            ("error", pa.string()),
+            ("threshold", f64),
+            ("loss_plus", f64),
+            ("loss_minus", f64),
+            ("loss_empty", f64),
+            ("loss_no_result", f64),
+            ("delta", f64),
+            ("kept", pa.bool_()),
+        ]
+    )
+    return texts, cands
+
+
+class WriteRecords(beam.PTransform):
+    """JSONL shards (and optionally Parquet copies) named ``<kind>-pNNNN-SSSSS-of-NNNNN``."""
+
+    def __init__(self, out: str, kind: str, part: int, num_shards: int, schema=None, to_row=None):
+        super().__init__()
+        self.prefix = f"{out}/{kind}-{rundir.part_name(part)}"
+        self.num_shards, self.schema, self.to_row = num_shards, schema, to_row
+
+    def expand(self, pcoll):
+        pcoll | "Jsonl" >> (
+            beam.Map(to_json)
+            | beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl", num_shards=self.num_shards)
+        )
+        if self.schema is not None:
+            rows = pcoll | "ToRow" >> beam.Map(self.to_row) if self.to_row else pcoll
+            rows | "Parquet" >> beam.io.WriteToParquet(
+                self.prefix, self.schema, file_name_suffix=".parquet", num_shards=self.num_shards
+            )
+
+
+# --- The pipeline -----------------------------------------------------------------------------
+
+
+def tool_setup(settings: RunSettings) -> dict[str, Any]:
+    """Resolve ``--tools`` once on the launcher: names, prompt templates, per-tool settings."""
+    from tools.base import tool_class
+
+    specs, templates, takes_input, per_tool, config = {}, {}, {}, {}, {}
+    for spec in settings.tools:
+        try:
+            cls = tool_class(spec)
+        except KeyError as e:
+            raise UserError(f"--tools: {e.args[0]}") from None
+        name = cls.name
+        tool_config = {"index": settings.index} if name == "WikiSearch" and settings.index else {}
+        tool = cls(**tool_config)
+        specs[name], config[name], takes_input[name] = spec, tool_config, cls.takes_input
+        templates[name] = tool.prompt_template
+        per_tool[name] = settings.for_tool(spec).__dict__
+    return {
+        "specs": specs,
+        "templates": templates,
+        "takes_input": takes_input,
+        "settings": per_tool,
+        "config": config,
+    }
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    inputs: tuple[list[str], list[str]],
+    out: str,
+    part: int,
+    settings: RunSettings,
+    tools: dict[str, Any],
+) -> None:
+    files, dirs = inputs
+    per_tool = tools["settings"]
+
+    def handler(task: str) -> AugmentModelHandler:
+        return AugmentModelHandler(
+            task,
+            settings.model,
+            tools["templates"],
+            per_tool,
+            tools["takes_input"],
+            settings.max_batch_tokens,
+            settings.context_window,
+            settings.large_model,
+            threads=settings.threads,
+        )
+
+    read_files = (
+        p
+        | "InputPatterns" >> beam.Create(files)
+        | "MatchFiles" >> fileio.MatchAll()
+        | "OpenFiles" >> fileio.ReadMatches()
+    )
+    read_dirs = p | "InputDatasets" >> beam.Create(dirs)
+    parsed = (
+        (read_files, read_dirs)
+        | "AllInputs" >> beam.Flatten()
+        | "ReadDocs" >> beam.ParDo(ParseFileFn(settings.text_field)).with_outputs(DEAD, main="docs")
+    )
+    docs = parsed.docs
+    if settings.limit is not None:
+        docs = (
+            docs
+            | "Limit" >> beam.combiners.Top.Of(settings.limit, key=lambda d: d["doc_id"], reverse=True)
+            | "Unlist" >> beam.FlatMap(lambda ds: ds)
+        )
+    docs = docs | "SelectPart" >> beam.ParDo(SelectPartFn(part, settings.parts, bad=False))
+    bad = parsed[DEAD] | "SelectPartBad" >> beam.ParDo(SelectPartFn(part, settings.parts, bad=True))
+    deduped = (
+        docs
+        | "KeyById" >> beam.Map(lambda d: (d["doc_id"], d))
+        | "GroupById" >> beam.GroupByKey()
+        | "DedupeIds" >> beam.FlatMap(unique_document).with_outputs(DEAD, main="docs")
+    )
+    docs = deduped.docs
+
+    units = docs | "Route" >> beam.ParDo(
+        RouteFn(
+            tools["specs"],
+            tools["config"],
+            {n: s["window"] for n, s in per_tool.items()},
+            settings.model,
+            settings.seed,
+        )
+    )
+    sampled = (
+        units
+        | "ScoreAndSample" >> RunInference(handler("sample"))
+        | "CountSamples" >> beam.ParDo(CountSamplesFn())
+    )
+    executed = sampled | "Execute" >> beam.ParDo(
+        ExecuteFn(tools["specs"], tools["config"], settings.tool_retries)
+    ).with_outputs(DEAD, main="units")
+    records = (
+        executed.units
+        | "Filter" >> RunInference(handler("filter"))
+        | "CandidateRecords" >> beam.ParDo(CandidateRecordsFn({n: s["tau_f"] for n, s in per_tool.items()}))
+    )
+    texts = (
+        {
+            "docs": docs | "DocsById" >> beam.Map(lambda d: (d["doc_id"], d)),
+            "records": records | "RecordsById" >> beam.Map(lambda r: (r["doc_id"], r)),
+        }
+        | "JoinByDoc" >> beam.CoGroupByKey()
+        | "Merge" >> beam.ParDo(MergeFn())
+    )
+    errors = (bad, deduped[DEAD], executed[DEAD]) | "AllDeadLetters" >> beam.Flatten()
+
+    texts_schema, cands_schema = parquet_schemas()
+    texts | "WriteTexts" >> WriteRecords(out, "texts", part, settings.num_shards, texts_schema, _text_row)
+    records | "WriteCandidates" >> WriteRecords(out, "candidates", part, settings.num_shards, cands_schema)
+    errors | "WriteErrors" >> WriteRecords(out, "errors", part, settings.num_shards)
+
+
+def metrics_of(result) -> dict[str, float]:
+    """Counters and stage times (``time_ms:<stage>`` sums) of a finished pipeline."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    out: dict[str, float] = {}
+    for c in found["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + value
+    for d in found["distributions"]:
+        value = d.committed if d.committed is not None else d.attempted
+        out[d.key.metric.name] = out.get(d.key.metric.name, 0) + (value.sum if value else 0)
+    return out
+
+
+def summarise(flat: dict[str, float], tools: list[str], wall_s: float) -> dict[str, Any]:
+    """stats.json: documents, per-tool counts (failures by reason), bad records and stage times."""
+    per_tool = {}
+    for tool in tools:
+        get = lambda k, tool=tool: int(flat.get(f"{k}:{tool}", 0))
+        prefix = f"tool_failures:{tool}:"
+        failures = {k[len(prefix) :]: int(v) for k, v in sorted(flat.items()) if k.startswith(prefix)}
+        per_tool[tool] = {
+            k: get(k)
+            for k in (
+                "docs_routed",
+                "windows",
+                "positions",
+                "samples",
+                "unterminated",
+                "unparsed",
+                "duplicates",
+                "candidates",
+                "executed",
+                "kept",
+            )
+        }
+        per_tool[tool]["failures"] = failures
+        per_tool[tool]["failed"] = sum(failures.values())
+    return {
+        "documents": {
+            k: int(flat.get(k, 0))
+            for k in (
+                "docs_read",
+                "docs_bad",
+                "docs_truncated",
+                "docs_duplicate_id",
+                "texts_written",
+                "texts_with_calls",
+            )
+        },
+        "bad_records": {
+            k.split(":", 1)[1]: int(v) for k, v in sorted(flat.items()) if k.startswith("bad_records:")
+        },
+        "tools": per_tool,
+        "stage_seconds": {
+            k.split(":", 1)[1]: round(v / 1000, 3)
+            for k, v in sorted(flat.items())
+            if k.startswith("time_ms:")
+        },
+        "wall_seconds": round(wall_s, 3),
+    }
+
+
+def check_failure_ratio(flat: dict[str, float], tools: list[str], settings: RunSettings, out: str) -> None:
+    for tool in tools:
+        executed = flat.get(f"executed:{tool}", 0)
+        failed = sum(v for k, v in flat.items() if k.startswith(f"tool_failures:{tool}:"))
+        if (
+            executed >= settings.min_calls_for_ratio
+            and executed
+            and failed / executed > settings.max_failure_ratio
+        ):
+            raise UserError(
+                f"tool {tool} failed {int(failed)} of {int(executed)} calls ({failed / executed:.0%}), "
+                f"above max_failure_ratio {settings.max_failure_ratio:.0%}; see {out}/errors-*.jsonl",
+                exit_code=3,
+            )
+
+
+def pipeline_options(extra_args: list[str] | None, save_main_session: bool = False) -> PipelineOptions:
+    args = list(extra_args or [])
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.append("--runner=FnApiRunner")  # the DirectRunner would first try to download Prism
+    options = PipelineOptions(args)
+    options.view_as(beam.options.pipeline_options.SetupOptions).save_main_session = save_main_session
+    return options
+
+
+def run_augment(
+    settings: RunSettings,
+    inputs: list[str],
+    output: str,
+    resume: bool = False,
+    extra_args: list[str] | None = None,
+    save_main_session: bool = False,
+):
+    """Run every part still to do, then write stats.json and _SUCCESS. Returns (result, stats)."""
+    if not inputs:
+        raise UserError("--input is required (one or more globs, files or saved dataset directories)")
+    if not output:
+        raise UserError("--output is required (the run directory)")
+    split = split_inputs(inputs)
+    tools = tool_setup(settings)
+    out = Path(output)
+    todo = rundir.prepare(out, settings.to_json(), resume, settings.parts)
+    result = None
+    for part in todo:
+        t0 = time.perf_counter()
+        p = beam.Pipeline(options=pipeline_options(extra_args, save_main_session))
+        build_pipeline(p, split, str(out), part, settings, tools)
+        result = p.run()
+        result.wait_until_finish()
+        flat = metrics_of(result)
+        flat["wall_ms"] = (time.perf_counter() - t0) * 1000
+        check_failure_ratio(flat, list(tools["specs"]), settings, str(out))
+        rundir.mark_done(out, part, flat)
+    if (out / rundir.SUCCESS).exists():
+        return result, json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    total: dict[str, float] = {}
+    for stats in rundir.part_stats(out, settings.parts):
+        for k, v in stats.items():
+            total[k] = total.get(k, 0) + v
+    check_failure_ratio(total, list(tools["specs"]), settings, str(out))
+    stats = summarise(total, list(tools["specs"]), total.get("wall_ms", 0) / 1000)
+    rundir.finish(out, stats)
+    return result, stats
+
+
+def augment(
+    input: list[str] | None = None,
+    output: str | None = None,
+    model: str | None = None,
+    tools: str | None = None,
+    index: str | None = None,
+    limit: int | None = None,
+    seed: int | None = None,
+    resume: bool = False,
+    text_field: str | None = None,
+    parts: int | None = None,
+    context_window: int | None = None,
+    config: str | None = None,
+    override: list[str] | None = None,
+    extra_args: list[str] | None = None,
+) -> int:
+    """Add useful API calls to documents (sample, execute, filter, merge) on Apache Beam.
+
+    Args:
+        input: one or more globs of .jsonl/.json/.parquet/.txt files (optionally .gz) or saved HF
+            dataset directories.
+        output: the run directory (refused if it holds a run, unless --resume).
+        model: model name, directory or .gguf (default smollm2-135m; must exist on every worker).
+        tools: comma-separated tool names or module:Class specs (default calculator).
+        index: WikiSearch index directory.
+        limit: process at most this many documents (the smallest ids).
+        seed: sampling seed (default 0); records depend only on it, not on order or workers.
+        resume: continue an interrupted run in --output (skips finished parts).
+        text_field: the input field holding the text (default text).
+        parts: split the documents into this many resumable parts (default 1).
+        context_window: cut the filter's left context to this many tokens (speed; not the paper).
+        config: JSON file of settings ({"tools": {"calculator": {"tau_s": 0}}, "seed": 1, ...}).
+        override: settings as name=value or tool.name=value (e.g. calculator.k=5 max_failure_ratio=0.8).
+    """
+    settings = build_settings(
+        config,
+        override,
+        model=model,
+        tools=tuple(tools.split(",")) if tools else None,
+        index=index,
+        limit=limit,
+        seed=seed,
+        text_field=text_field,
+        parts=parts,
+        context_window=context_window,
+    )
+    bad = [a for a in (extra_args or []) if not a.startswith("-")]
+    if bad:
+        raise UserError(f"unexpected argument {bad[0]!r} (flags take the form --name=value)")
+    _, stats = run_augment(settings, input or [], output or "", resume, extra_args)
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+augment.passthrough = True
+
+
+# --- Refilter ---------------------------------------------------------------------------------
+
+
+def _read_jsonl(paths: list[Path]) -> list[dict]:
+    rows = []
+    for path in paths:
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as e:
+                    raise UserError(f"{path} line {n}: {e}") from None
+    return rows
+
+
+def refilter(run: str, output: str, tau_f: list[str] | None = None) -> int:
+    """Apply new tau_f thresholds to a finished run's candidates, without recomputing anything.
+
+    Args:
+        run: a finished augment run directory (holds _SUCCESS).
+        output: a new directory for the re-filtered texts, candidates, stats.json and _SUCCESS.
+        tau_f: new thresholds as TOOL=VALUE (tool names as in the candidates, e.g. Calculator=1.0);
+            tools not named keep their threshold.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src, out = Path(run), Path(output)
+    if not (src / rundir.SUCCESS).is_file():
+        raise UserError(f"{src} is not a finished augment run (no {rundir.SUCCESS})")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--output {out} already exists and is not empty; choose a new directory")
+    new_tau: dict[str, float] = {}
+    for item in tau_f or []:
+        tool, sep, value = item.partition("=")
+        try:
+            new_tau[tool] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise UserError(f"--tau-f {item!r}: expected TOOL=NUMBER, e.g. Calculator=1.0")
+    cands = _read_jsonl(sorted(src.glob("candidates-*.jsonl")))
+    texts = _read_jsonl(sorted(src.glob("texts-*.jsonl")))
+    unknown = set(new_tau) - {c["tool"] for c in cands}
+    if unknown:
+        raise UserError(f"--tau-f names tools with no candidates in {src}: {', '.join(sorted(unknown))}")
+    by_doc: dict[str, list[dict]] = {}
+    for c in cands:
+        if c["tool"] in new_tau:
+            c["threshold"] = new_tau[c["tool"]]
+            c["kept"] = c["error"] is None and keep_if_useful(c["loss_plus"], c["loss_minus"], c["threshold"])
+        by_doc.setdefault(c["doc_id"], []).append(c)
+    new_texts = []
+    for t in texts:
+        doc = {k: v for k, v in t.items() if k != "calls"}
+        doc["text"] = strip_calls(t["text"])  # the inserted calls come out; the document is neutralised
+        new_texts.append(merge_document(doc, by_doc.get(t["doc_id"], [])))
+    out.mkdir(parents=True, exist_ok=True)
+    texts_schema, cands_schema = parquet_schemas()
+    for kind, rows, schema, to_row in (
+        ("texts", new_texts, texts_schema, _text_row),
+        ("candidates", cands, cands_schema, lambda r: r),
+    ):
+        with (out / f"{kind}-p0000-00000-of-00001.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(to_json(r) + "\n" for r in rows)
+        pq.write_table(
+            pa.Table.from_pylist([to_row(r) for r in rows], schema=schema),
+            out / f"{kind}-p0000-00000-of-00001.parquet",
+        )
+    kept: dict[str, int] = {}
+    for c in cands:
+        kept[c["tool"]] = kept.get(c["tool"], 0) + int(c["kept"])
+    stats = {
+        "source": str(src),
+        "tau_f": new_tau,
+        "kept": kept,
+        "texts_written": len(new_texts),
+        "texts_with_calls": sum(bool(t["calls"]) for t in new_texts),
+    }
+    rundir.finish(out, stats)
+    print(json.dumps(stats, indent=2))
+    return 0

@@ -1,0 +1,311 @@
+"""The language model inside Beam: our own RunInference ModelHandler and the object it loads.
+
+``apache_beam.ml.inference.huggingface_inference`` does not import under transformers 5 (it
+imports TensorFlow classes), so this is a small handler of our own. RunInference loads one
+:class:`AugmentModel` per worker process (or, with ``large_model=True``, one per machine shared
+across processes through ``multi_process_shared``: then every call goes through a proxy, which is
+why :class:`AugmentModel`'s methods take and return plain picklable data only). Batches are
+formed by a token budget, not an element count. Used by ``pipelines/augment.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from apache_beam.ml.inference.base import ModelHandler
+
+from toolformer.call_format import render_call
+from toolformer.filtering import FilterJob, filter_losses
+from toolformer.insertion import char_position
+from toolformer.models import ModelError, load_model
+from toolformer.sampling import (
+    PromptCache,
+    SampleRequest,
+    call_start_check,
+    parse_sampled_call,
+    sample_calls,
+    score_positions,
+    select_positions,
+    stable_seed,
+    stop_token_ids,
+)
+
+LOSS_DECIMALS = 6  # losses are stored rounded, and kept/refilter decide on the stored values
+
+
+def unit_tokens(unit: dict) -> int:
+    """A unit's weight for batching: its text appears twice in P(x) + x (a cheap estimate)."""
+    return 2 * unit["n_tokens"] + 8
+
+
+class AugmentModel:
+    """One worker's model, tokenizer and per-tool prompt caches.
+
+    Args:
+        model_spec: anything :func:`toolformer.models.load_model` accepts.
+        templates: tool name -> few-shot prompt template with one ``{input}`` slot.
+        tool_settings: tool name -> ToolSettings fields (tau_s, k, m, max_call_tokens, temperature).
+        takes_input: tool name -> whether the tool takes an input (Calendar does not).
+    """
+
+    def __init__(
+        self,
+        model_spec: str,
+        templates: dict[str, str],
+        tool_settings: dict[str, dict],
+        takes_input: dict[str, bool],
+        max_batch_tokens: int = 4096,
+        context_window: int | None = None,
+        device: str | None = None,
+    ):
+        self.model, self.tokenizer = load_model(model_spec, device=device)
+        tok = self.tokenizer
+        api = tok(" [", add_special_tokens=False)["input_ids"]
+        if len(api) != 1:
+            raise ModelError(
+                f"the tokenizer of {model_spec!r} splits ' [' into {len(api)} tokens; "
+                "the <API> marker must be one token"
+            )
+        self.api_id = api[0]
+        self.start_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        self.pad_id = tok.pad_token_id
+        self.settings = tool_settings
+        self.takes_input = takes_input
+        self.max_batch_tokens = max_batch_tokens
+        self.context_window = context_window
+        self.prompts = {name: PromptCache(self.model, tok, t) for name, t in templates.items()}
+        self.closing, self.abandoning = stop_token_ids(tok)
+
+    def encode_text(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self.tokenizer(" " + text, add_special_tokens=False, return_offsets_mapping=True)
+        return enc["input_ids"], enc["offset_mapping"]
+
+    def _chunks(self, lengths: Sequence[int], extra: int = 0) -> list[list[int]]:
+        """Indices (longest first) grouped so rows x (longest + extra) stays within the budget."""
+        order = sorted(range(len(lengths)), key=lambda k: (-lengths[k], k))
+        out: list[list[int]] = []
+        for k in order:
+            if out and (len(out[-1]) + 1) * (lengths[out[-1][0]] + extra) <= self.max_batch_tokens:
+                out[-1].append(k)
+            else:
+                out.append([k])
+        return out
+
+    def sample(self, units: list[dict]) -> list[dict]:
+        """Score positions and sample calls for each unit ``{"doc_id", "tool", "offset", "text",
+        "seed"}``; returns per unit its kept positions, parsed unique candidates and counts."""
+        results: list[dict | None] = [None] * len(units)
+        by_tool: dict[str, list[int]] = {}
+        for n, u in enumerate(units):
+            by_tool.setdefault(u["tool"], []).append(n)
+        for tool, members in sorted(by_tool.items()):
+            prompt = self.prompts[tool]
+            s = self.settings[tool]
+            enc = [self.encode_text(units[n]["text"]) for n in members]
+            mids = [
+                self.tokenizer(prompt.parts.middle(units[n]["text"]), add_special_tokens=False)["input_ids"]
+                for n in members
+            ]
+            for chunk in self._chunks([len(m) + len(e[0]) for m, e in zip(mids, enc)]):
+                t0 = time.perf_counter()
+                scored = score_positions(
+                    self.model,
+                    prompt,
+                    [mids[c] for c in chunk],
+                    [enc[c][0] for c in chunk],
+                    self.api_id,
+                    self.pad_id,
+                )
+                t1 = time.perf_counter()
+                requests, kept = [], []
+                for row, c in enumerate(chunk):
+                    u = units[members[c]]
+                    positions = select_positions(scored.probs[row], s["k"], s["tau_s"])
+                    kept.append(positions)
+                    requests += [
+                        SampleRequest(row, i, stable_seed(u["seed"], u["doc_id"], tool, u["offset"], i, j))
+                        for i in positions
+                        for j in range(s["m"])
+                    ]
+                width = scored.mask.shape[1]
+                samples = sample_calls(
+                    self.model,
+                    scored,
+                    requests,
+                    self.api_id,
+                    self.closing,
+                    self.abandoning,
+                    s["max_call_tokens"],
+                    s["temperature"],
+                    max_rows=max(1, 4 * self.max_batch_tokens // width),
+                    viable=call_start_check(self.tokenizer, tool),
+                )
+                t2 = time.perf_counter()
+                by_row: dict[int, list] = {}
+                for req, toks in zip(requests, samples):
+                    by_row.setdefault(req.row, []).append((req.position, toks))
+                for row, c in enumerate(chunk):
+                    u = units[members[c]]
+                    results[members[c]] = self._candidates(
+                        u,
+                        tool,
+                        kept[row],
+                        scored.probs[row],
+                        enc[c],
+                        by_row.get(row, []),
+                        {"score_s": (t1 - t0) / len(chunk), "sample_s": (t2 - t1) / len(chunk)},
+                    )
+        return results
+
+    def _candidates(
+        self,
+        unit: dict,
+        tool: str,
+        positions: list[int],
+        probs: torch.Tensor,
+        encoded: tuple[list[int], list[tuple[int, int]]],
+        samples: list,
+        timing: dict,
+    ) -> dict:
+        _, offsets = encoded
+        seen: set[tuple[int, str]] = set()
+        cands, unterminated, unparsed, duplicates = [], 0, 0, 0
+        for i, toks in samples:
+            if toks is None:  # never closed, or abandoned early: it did not start with "Tool("
+                unterminated += 1
+                continue
+            arg = parse_sampled_call(tool, self.tokenizer.decode(toks), takes_input=self.takes_input[tool])
+            if arg is None:
+                unparsed += 1
+                continue
+            if (i, arg) in seen:
+                duplicates += 1
+                continue
+            seen.add((i, arg))
+            cands.append(
+                {
+                    "token_position": i,
+                    "position": unit["offset"] + char_position(offsets, i, unit["text"]),
+                    "input": arg,
+                    "call": render_call(tool, arg),
+                }
+            )
+        cands.sort(key=lambda c: (c["token_position"], c["input"]))
+        return {
+            "positions": [{"token_position": i, "p": float(probs[i])} for i in positions],
+            "candidates": cands,
+            "samples": len(samples),
+            "unterminated": unterminated,
+            "unparsed": unparsed,
+            "duplicates": duplicates,
+            "timing": timing,
+        }
+
+    def losses(self, units: list[dict]) -> list[dict]:
+        """L+, L-, L(eps) and L(call without result) for every candidate (with a result) of each
+        unit ``{"tool", "text", "candidates": [{"token_position", "input", "result", "error"}]}``;
+        candidates whose call failed (``error`` set) are skipped."""
+        enc = lambda s: tuple(self.tokenizer(s, add_special_tokens=False)["input_ids"])
+        jobs = [
+            FilterJob(
+                tuple(self.encode_text(u["text"])[0]),
+                tuple(
+                    (
+                        c["token_position"],
+                        enc(render_call(u["tool"], c["input"], c["result"])),
+                        enc(render_call(u["tool"], c["input"])),
+                    )
+                    for c in u["candidates"]
+                    if c.get("error") is None
+                ),
+            )
+            for u in units
+        ]
+        t0 = time.perf_counter()
+        losses = filter_losses(
+            self.model, jobs, self.start_id, self.pad_id, self.context_window, self.max_batch_tokens
+        )
+        seconds = (time.perf_counter() - t0) / max(1, len(units))
+        r = lambda v: round(v, LOSS_DECIMALS)
+        return [
+            {
+                "losses": [
+                    {
+                        "loss_plus": r(x.loss_plus),
+                        "loss_minus": r(x.loss_minus),
+                        "loss_empty": r(x.loss_empty),
+                        "loss_no_result": r(x.loss_no_result),
+                    }
+                    for x in per_unit
+                ],
+                "seconds": seconds,
+            }
+            for per_unit in losses
+        ]
+
+
+class AugmentModelHandler(ModelHandler):
+    """RunInference handler: ``task`` "sample" (score positions + sample calls) or "filter" (losses).
+
+    Batches hold at most ``max_batch_tokens`` estimated tokens (BatchElements counts element
+    sizes, not elements); ``large_model`` shares one model per machine across processes.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        model_spec: str,
+        templates: dict[str, str],
+        tool_settings: dict[str, dict],
+        takes_input: dict[str, bool],
+        max_batch_tokens: int = 4096,
+        context_window: int | None = None,
+        large_model: bool = False,
+        device: str | None = None,
+        threads: int = 0,
+    ):
+        if task not in ("sample", "filter"):
+            raise ValueError(f"unknown task {task!r}")
+        super().__init__(
+            min_batch_size=max_batch_tokens,
+            max_batch_size=max_batch_tokens,
+            element_size_fn=unit_tokens,
+            large_model=large_model,
+        )
+        self.task = task
+        self.model_spec = model_spec
+        self.templates = templates
+        self.tool_settings = tool_settings
+        self.takes_input = takes_input
+        self.max_batch_tokens = max_batch_tokens
+        self.context_window = context_window
+        self.device = device
+        self.threads = threads
+
+    def load_model(self) -> AugmentModel:
+        torch.set_grad_enabled(False)
+        if self.threads:
+            # Measured here: on a shared 2-core machine a 2-thread matmul of a few rows waits ~24 ms
+            # for its second thread; one thread ran the same work 10x faster.
+            torch.set_num_threads(self.threads)
+        return AugmentModel(
+            self.model_spec,
+            self.templates,
+            self.tool_settings,
+            self.takes_input,
+            self.max_batch_tokens,
+            self.context_window,
+            self.device,
+        )
+
+    def run_inference(
+        self, batch: Sequence[dict], model: AugmentModel, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[tuple[dict, Any]]:
+        out = model.sample(list(batch)) if self.task == "sample" else model.losses(list(batch))
+        return list(zip(batch, out))
+
+    def get_metrics_namespace(self) -> str:
+        return "toolformer_" + self.task

@@ -1,0 +1,305 @@
+"""The pipeline's steps as plain functions, with the small DoFns that run them inside Beam.
+
+Route -> (ScoreAndSample: RunInference) -> Execute -> (Filter: RunInference) -> Merge. Each
+function takes and returns plain dicts so tests call it without Beam; each DoFn only counts
+metrics and routes outputs (main or dead letter). Built into a pipeline by ``pipelines/augment.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from pipelines.documents import dead_letter
+from toolformer.filtering import keep_if_useful
+from toolformer.insertion import insert_calls
+from toolformer.sampling import stable_seed
+
+NAMESPACE = "toolformer"
+DEAD = "dead_letter"
+
+
+def count(name: str, n: int = 1) -> None:
+    if n:
+        Metrics.counter(NAMESPACE, name).inc(n)
+
+
+def record_seconds(stage: str, seconds: float) -> None:
+    Metrics.distribution(NAMESPACE, f"time_ms:{stage}").update(round(seconds * 1000))
+
+
+def in_part(key: str, part: int, parts: int) -> bool:
+    return stable_seed("part", key) % parts == part
+
+
+# --- Route -----------------------------------------------------------------------------------
+
+
+def split_windows(text: str, tokenizer, window: int) -> list[tuple[int, str, int]]:
+    """``(char offset, window text, tokens)`` pieces of at most ``window`` tokens of " " + text.
+
+    Cuts fall on token boundaries; each window's text starts at a non-space character.
+    """
+    enc = tokenizer(" " + text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    pieces = []
+    for start in range(0, len(offsets), window):
+        a = max(0, offsets[start][0] - 1)
+        end = min(len(offsets), start + window)
+        b = len(text) if end == len(offsets) else max(0, offsets[end][0] - 1)
+        while a < b and text[a].isspace():
+            a += 1
+        if a < b:
+            piece = text[a:b]
+            pieces.append((a, piece, len(tokenizer(" " + piece, add_special_tokens=False)["input_ids"])))
+    return pieces
+
+
+def route_document(
+    doc: Mapping[str, Any], tools: Mapping[str, Any], windows: Mapping[str, int], tokenizer, seed: int
+) -> list[dict]:
+    """The (window, tool) units of a document: every tool whose heuristic accepts it, per window.
+
+    The heuristic's randomness (e.g. Calculator's 1% share) comes from ``tools.heuristics.doc_rng``,
+    a stable hash of (document, seed, tool), so routing does not depend on order or workers.
+    """
+    from tools.heuristics import doc_rng, document_date
+
+    date = document_date(doc)
+    units = []
+    for name in sorted(tools):
+        if not tools[name].accepts(doc, doc_rng(doc["doc_id"], seed, name)):
+            continue
+        for offset, text, n_tokens in split_windows(doc["text"], tokenizer, windows[name]):
+            units.append(
+                {
+                    "doc_id": doc["doc_id"],
+                    "tool": name,
+                    "offset": offset,
+                    "text": text,
+                    "n_tokens": n_tokens,
+                    "seed": seed,
+                    "date": date.isoformat() if date else None,
+                }
+            )
+    return units
+
+
+class RouteFn(beam.DoFn):
+    def __init__(
+        self,
+        tool_specs: Mapping[str, str],
+        tool_config: Mapping[str, dict],
+        windows: Mapping[str, int],
+        model_spec: str,
+        seed: int,
+    ):
+        self.tool_specs, self.tool_config, self.windows = dict(tool_specs), dict(tool_config), dict(windows)
+        self.model_spec, self.seed = model_spec, seed
+
+    def setup(self):
+        from toolformer.models import load_tokenizer
+        from tools.base import get_tool
+
+        self.tokenizer = load_tokenizer(self.model_spec)
+        self.tools = {
+            name: get_tool(spec, **self.tool_config.get(name, {})) for name, spec in self.tool_specs.items()
+        }
+
+    def process(self, doc):
+        t0 = time.perf_counter()
+        units = route_document(doc, self.tools, self.windows, self.tokenizer, self.seed)
+        for name in sorted({u["tool"] for u in units}):
+            count(f"docs_routed:{name}")
+            count(f"windows:{name}", sum(u["tool"] == name for u in units))
+        record_seconds("route", time.perf_counter() - t0)
+        yield from units
+
+
+# --- After sampling ---------------------------------------------------------------------------
+
+
+def attach_samples(unit: dict, sampled: dict) -> dict:
+    """The unit with its unique parsed candidates (what Execute needs)."""
+    return {**unit, "candidates": sampled["candidates"]}
+
+
+class CountSamplesFn(beam.DoFn):
+    def process(self, pair):
+        unit, sampled = pair
+        tool = unit["tool"]
+        count(f"positions:{tool}", len(sampled["positions"]))
+        count(f"samples:{tool}", sampled["samples"])
+        count(f"unterminated:{tool}", sampled["unterminated"])
+        count(f"unparsed:{tool}", sampled["unparsed"])
+        count(f"duplicates:{tool}", sampled["duplicates"])
+        count(f"candidates:{tool}", len(sampled["candidates"]))
+        record_seconds("score_positions", sampled["timing"]["score_s"])
+        record_seconds("sample_calls", sampled["timing"]["sample_s"])
+        if sampled["candidates"]:
+            yield attach_samples(unit, sampled)
+
+
+# --- Execute ----------------------------------------------------------------------------------
+
+
+def execute_candidates(unit: dict, executor, retries: int = 2) -> tuple[dict, list[dict]]:
+    """Run every candidate's call through the executor, with the document's date as context.
+
+    Returns the unit (each candidate now has ``result`` or ``error``/``message``) and dead letters
+    for the failures. Transient failures are retried (tools are deterministic or read-only, so a
+    retry is safe); an exception a tool should not raise is recorded as ``exception``, not fatal.
+    """
+    from tools.base import CallContext
+
+    context = CallContext(
+        date=dt.date.fromisoformat(unit["date"]) if unit["date"] else None, doc_id=unit["doc_id"]
+    )
+    out, dead = [], []
+    for cand in unit["candidates"]:
+        for _ in range(retries + 1):
+            try:
+                outcome = executor.execute(unit["tool"], cand["input"], context)
+                result, error, message = outcome.result, outcome.error, outcome.message
+            except Exception as e:  # noqa: BLE001  (a tool bug must cost one candidate, not the job)
+                result, error, message = None, "exception", f"{type(e).__name__}: {e}"
+            if error not in executor.TRANSIENT and not (error or "").startswith("http_"):
+                break
+        out.append({**cand, "result": result, "error": error})
+        if error is not None:
+            dead.append(
+                dead_letter(
+                    unit["doc_id"],
+                    "execute",
+                    error,
+                    f"tool {unit['tool']} position {cand['position']} call {cand['call']}: {message}",
+                )
+            )
+    return {**unit, "candidates": out}, dead
+
+
+class ExecuteFn(beam.DoFn):
+    def __init__(self, tool_specs: Mapping[str, str], tool_config: Mapping[str, dict], retries: int):
+        self.tool_specs, self.tool_config, self.retries = dict(tool_specs), dict(tool_config), retries
+
+    def setup(self):
+        from tools.base import get_tool
+        from tools.executor import ToolExecutor
+
+        self.executor = ToolExecutor(
+            {name: get_tool(spec, **self.tool_config.get(name, {})) for name, spec in self.tool_specs.items()}
+        )
+
+    def process(self, unit):
+        t0 = time.perf_counter()
+        unit, dead = execute_candidates(unit, self.executor, self.retries)
+        record_seconds("execute", time.perf_counter() - t0)
+        tool = unit["tool"]
+        count(f"executed:{tool}", len(unit["candidates"]))
+        for c in unit["candidates"]:
+            if c["error"] is not None:
+                count(f"tool_failures:{tool}:{c['error']}")
+        for d in dead:
+            yield beam.pvalue.TaggedOutput(DEAD, d)
+        yield unit
+
+
+# --- Filter -----------------------------------------------------------------------------------
+
+
+def for_filter(unit: dict) -> dict:
+    """Only candidates with a result go to the model; failed ones are already decided."""
+    return {**unit, "candidates": [c for c in unit["candidates"] if c["error"] is None]}
+
+
+def candidate_records(unit: dict, losses: list[dict], tau_f: float) -> list[dict]:
+    """One output record per candidate of a unit (failed calls too: error set, no losses, not kept)."""
+    loss_iter = iter(losses)
+    records = []
+    for c in unit["candidates"]:
+        rec = {
+            "doc_id": unit["doc_id"],
+            "tool": unit["tool"],
+            "window_offset": unit["offset"],
+            "position": c["position"],
+            "token_position": c["token_position"],
+            "call": c["call"],
+            "input": c["input"],
+            "result": c["result"],
+            "error": c["error"],
+            "threshold": tau_f,
+        }
+        if c["error"] is None:
+            loss = next(loss_iter)
+            delta = round(loss["loss_minus"] - loss["loss_plus"], 6)
+            rec.update(loss, delta=delta, kept=keep_if_useful(loss["loss_plus"], loss["loss_minus"], tau_f))
+        else:
+            rec.update(
+                loss_plus=None, loss_minus=None, loss_empty=None, loss_no_result=None, delta=None, kept=False
+            )
+        records.append(rec)
+    return records
+
+
+class CandidateRecordsFn(beam.DoFn):
+    def __init__(self, tau_f: Mapping[str, float]):
+        self.tau_f = dict(tau_f)
+
+    def process(self, pair):
+        unit, filtered = pair
+        record_seconds("filter", filtered["seconds"])
+        records = candidate_records(unit, filtered["losses"], self.tau_f[unit["tool"]])
+        count(f"kept:{unit['tool']}", sum(r["kept"] for r in records))
+        yield from records
+
+
+# --- Merge ------------------------------------------------------------------------------------
+
+
+def merge_document(doc: dict, records: Iterable[dict]) -> dict:
+    """The text record: the document with its kept calls inserted (x*), calls as data.
+
+    At most one call per character position: the one with the largest loss reduction (ties:
+    the smaller call text), so calls from several tools or windows never stack at one spot.
+    """
+    best: dict[int, dict] = {}
+    for r in records:
+        if not r["kept"]:
+            continue
+        cur = best.get(r["position"])
+        if cur is None or (-r["delta"], r["call"], r["tool"]) < (-cur["delta"], cur["call"], cur["tool"]):
+            best[r["position"]] = r
+    calls = [
+        {"tool": r["tool"], "input": r["input"], "result": r["result"], "position": r["position"]}
+        for _, r in sorted(best.items())
+    ]
+    return {**doc, "text": insert_calls(doc["text"], calls), "calls": calls}
+
+
+def unique_document(keyed) -> Iterable:
+    """One document per id (the one with the smallest text); the others become dead letters."""
+    doc_id, docs = keyed
+    docs = sorted(docs, key=lambda d: d["text"])
+    yield docs[0]
+    for _ in docs[1:]:
+        count("docs_duplicate_id")
+        yield beam.pvalue.TaggedOutput(
+            DEAD, dead_letter(doc_id, "read", "duplicate_id", f"another document has id {doc_id!r}")
+        )
+
+
+class MergeFn(beam.DoFn):
+    def process(self, keyed):
+        _, grouped = keyed
+        t0 = time.perf_counter()
+        for doc in grouped["docs"]:  # exactly one: ids are unique after DedupeIds
+            text = merge_document(doc, grouped["records"])
+            count("texts_written")
+            count("texts_with_calls", bool(text["calls"]))
+            record_seconds("merge", time.perf_counter() - t0)
+            yield text

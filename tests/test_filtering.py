@@ -1,0 +1,182 @@
+"""The paper's filter, exactly: weights, L+, the L- minimum, the tau_f edge, padding invariance."""
+
+import math
+
+import pytest
+import torch
+
+from toolformer.filtering import (
+    FilterJob,
+    batches_by_tokens,
+    filter_losses,
+    keep_if_useful,
+    loss_weights,
+    token_logprobs,
+    weighted_loss,
+)
+
+# Vocabulary of the hand-set model: 0 start, 1 pad, 2 "A", 3 "B", 4 result token R, 5 call token C.
+START, PAD, A, B, R, C = range(6)
+V = 8
+W = [1 / 3, 4 / 15, 1 / 5, 2 / 15, 1 / 15]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models are latency-bound: extra threads only contend on a shared 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class HandSetModel(torch.nn.Module):
+    """log p(next) depends only on which of R / C occurred before: uniform 1/8 by default;
+    after R: p(B) = 0.5 (the rest 0.5/7); after C without R: p(A) = 0.5 (the rest 0.5/7).
+
+    Its "hidden states" are those log-probabilities and its output layer is the identity, so
+    log_softmax gives them back unchanged."""
+
+    device = torch.device("cpu")
+
+    def get_decoder(self):
+        return self
+
+    def get_output_embeddings(self):
+        return torch.nn.Identity()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        seen_r = (input_ids == R).long().cumsum(-1) > 0
+        seen_c = (input_ids == C).long().cumsum(-1) > 0
+        logp = torch.full((*input_ids.shape, V), math.log(1 / 8))
+        boosted = torch.full((V,), math.log(0.5 / 7))
+        after_r, after_c = boosted.clone(), boosted.clone()
+        after_r[B] = math.log(0.5)
+        after_c[A] = math.log(0.5)
+        logp[seen_c & ~seen_r] = after_c
+        logp[seen_r] = after_r
+        return type("Out", (), {"last_hidden_state": logp})()
+
+
+def test_loss_weights_are_the_papers_normalised_five():
+    assert torch.allclose(loss_weights(), torch.tensor(W), atol=1e-7)
+    assert float(loss_weights().sum()) == pytest.approx(1.0, abs=1e-7)
+
+
+def test_weighted_loss_reads_five_tokens_from_position_i():
+    lp = torch.tensor([-9.0, -1.0, -2.0, -3.0, -4.0, -5.0, -9.0])
+    assert weighted_loss(lp, 1) == pytest.approx(sum(w * k for w, k in zip(W, [1, 2, 3, 4, 5])))
+    # near the end only the remaining tokens count (weights not renormalised)
+    assert weighted_loss(lp, 5) == pytest.approx(W[0] * 5 + W[1] * 9)
+
+
+def test_l_plus_and_l_minus_exact_values():
+    x = (A, B, B, A, B, B, A)
+    job = FilterJob(text_ids=x, candidates=((1, (C, R), (C,)),))
+    ((losses,),) = filter_losses(HandSetModel(), [job], START, PAD)
+    # x_1..x_5 = B B A B B: after R, p(B) = 0.5 and p(A) = 0.5/7
+    expected_plus = (W[0] + W[1] + W[3] + W[4]) * math.log(2) + W[2] * math.log(14)
+    assert losses.loss_plus == pytest.approx(expected_plus, abs=1e-6)
+    assert losses.loss_empty == pytest.approx(math.log(8), abs=1e-6)
+    # after C alone: p(A) = 0.5, p(B) = 0.5/7
+    assert losses.loss_no_result == pytest.approx(
+        (W[0] + W[1] + W[3] + W[4]) * math.log(14) + W[2] * math.log(2), abs=1e-6
+    )
+    assert losses.loss_minus == pytest.approx(math.log(8), abs=1e-6)  # the minimum is L(eps) here
+    assert losses.delta == pytest.approx(math.log(8) - expected_plus, abs=1e-6)
+
+
+def test_l_minus_takes_the_call_without_result_when_lower():
+    x = (A, A, A, A, A, A)
+    ((losses,),) = filter_losses(HandSetModel(), [FilterJob(x, ((1, (C, R), (C,)),))], START, PAD)
+    assert losses.loss_no_result == pytest.approx(math.log(2), abs=1e-6)
+    assert losses.loss_minus == pytest.approx(math.log(2), abs=1e-6)
+    assert losses.loss_plus == pytest.approx(math.log(14), abs=1e-6)
+    assert not keep_if_useful(losses.loss_plus, losses.loss_minus, 0.0)
+
+
+def test_tau_f_edge_keeps_equality():
+    assert keep_if_useful(1.0, 1.5, 0.5)
+    assert not keep_if_useful(1.0, 1.4999, 0.5)
+    assert keep_if_useful(2.0, 2.0, 0.0)
+
+
+def test_context_window_changes_nothing_when_the_model_ignores_distance():
+    x = (A, B, B, A, B, B, A, B)
+    job = FilterJob(x, ((1, (C, R), (C,)), (5, (C, R), (C,))))
+    exact = filter_losses(HandSetModel(), [job], START, PAD)
+    windowed = filter_losses(HandSetModel(), [job], START, PAD, context_window=2)
+    assert exact == windowed
+
+
+def test_batches_by_tokens_respects_the_budget():
+    assert batches_by_tokens([3, 10, 4, 9], 20) == [[1, 3], [2, 0]]
+    assert batches_by_tokens([30], 20) == [[0]]  # a row longer than the budget goes alone
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_token_logprobs_do_not_depend_on_padding(tiny_model, side):
+    model, tok = tiny_model
+    seqs = [[1, 5, 9, 33, 7], [1, 12, 40, 41, 42, 43, 44, 45, 46], [1, 8]]
+    alone = [token_logprobs(model, [s], tok.pad_token_id)[0] for s in seqs]
+    batched = token_logprobs(model, seqs, tok.pad_token_id, padding_side=side)
+    for a, b in zip(alone, batched):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-5)
+    # equal to the model's own full-sequence logits, and keep_from returns the tail only
+    ref = torch.log_softmax(model(torch.tensor([seqs[1]])).logits[0, :-1].float(), -1)
+    ref = ref.gather(-1, torch.tensor(seqs[1][1:])[:, None])[:, 0]
+    assert torch.allclose(alone[1], ref, atol=1e-5)
+    tail = token_logprobs(model, seqs, tok.pad_token_id, padding_side=side, keep_from=[2, 5, 0])
+    for a, t, f in zip(alone, tail, [2, 5, 0]):
+        assert torch.allclose(a[f:], t, atol=1e-5)
+
+
+def test_candidate_losses_do_not_depend_on_batch_neighbours(tiny_model):
+    model, tok = tiny_model
+    enc = lambda s: tuple(tok(s, add_special_tokens=False)["input_ids"])
+    job = FilterJob(
+        enc(" Out of 1400 participants, 400 (or 29%) passed the test."),
+        (
+            (9, enc("[Calculator(400 / 1400) -> 0.29]"), enc("[Calculator(400 / 1400)]")),
+            (3, enc("[Calculator(1400 - 400) -> 1000]"), enc("[Calculator(1400 - 400)]")),
+        ),
+    )
+    other = FilterJob(
+        enc(" He paid 18 + 12 * 3 = 54 dollars for 3 books and a pen at the store."),
+        ((4, enc("[Calculator(18 + 12) -> 30]"), enc("[Calculator(18 + 12)]")),),
+    )
+    alone = filter_losses(model, [job], tok.bos_token_id, tok.pad_token_id)[0]
+    together = filter_losses(model, [other, job], tok.bos_token_id, tok.pad_token_id, max_batch_tokens=64)[1]
+    for a, b in zip(alone, together):
+        for field in ("loss_plus", "loss_minus", "loss_empty", "loss_no_result"):
+            assert getattr(a, field) == pytest.approx(getattr(b, field), abs=1e-5)
+    # and the shared-prefix passes equal one pass per candidate over text up to i + 4
+    seq = [tok.bos_token_id, *job.candidates[0][1], *job.text_ids[: 9 + 5]]
+    lp = token_logprobs(model, [seq], tok.pad_token_id)[0][len(job.candidates[0][1]) :]
+    assert alone[0].loss_plus == pytest.approx(weighted_loss(lp, 9), abs=1e-5)
+
+
+@pytest.mark.real_model
+def test_real_model_filter_matches_three_full_passes_and_keeps_a_true_result(real_model_dir):
+    """On the default model: our shared-prefix filter equals three separate full forward passes,
+    and a calculator call whose result the text states lowers the loss of what follows."""
+    from toolformer.models import load_model
+
+    model, tok = load_model(str(real_model_dir), device="cpu")
+    text = "The craft store made 36 sales. It made 36 / 3 = 12 sales in the fabric section."
+    enc = lambda s: tuple(tok(s, add_special_tokens=False)["input_ids"])
+    x = enc(" " + text)
+    i = len(enc(" " + text[: text.index(" 12 sales")]))  # the call goes before " 12"
+    plus, minus = enc("[Calculator(36 / 3) -> 12]"), enc("[Calculator(36 / 3)]")
+    ((losses,),) = filter_losses(
+        model, [FilterJob(x, ((i, plus, minus),))], tok.bos_token_id, tok.pad_token_id
+    )
+    full = [
+        token_logprobs(model, [[tok.bos_token_id, *z, *x]], tok.pad_token_id)[0][len(z) :]
+        for z in (plus, (), minus)
+    ]
+    assert losses.loss_plus == pytest.approx(weighted_loss(full[0], i), abs=1e-4)
+    assert losses.loss_empty == pytest.approx(weighted_loss(full[1], i), abs=1e-4)
+    assert losses.loss_no_result == pytest.approx(weighted_loss(full[2], i), abs=1e-4)
+    assert losses.delta > 0

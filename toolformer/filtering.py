@@ -1,0 +1,195 @@
+"""Filtering sampled API calls by how much they help the model predict the text (paper section 2).
+
+For a call c at token position i of a text x with result r, and a prefix z:
+
+    L_i(z) = - sum_{j=i..n} w_{j-i} * log p(x_j | z, x_1..x_{j-1}),   w~_t = max(0, 1 - 0.2 t),
+    w_t = w~_t / sum_s w~_s
+
+    L+ = L_i(e(c, r))                     the call with its result, given as a PREFIX to the text
+    L- = min(L_i(eps), L_i(e(c, eps)))    no call at all, or the call without its result
+    keep the call if L- - L+ >= tau_f
+
+The call is a prefix of the whole text, never inserted at i: the model has not seen inline calls
+yet. Every sequence starts with one "document start" token (BOS, else EOS) so x_1 is predicted
+from something in all three variants alike, and the prefix is followed directly by the text,
+whose tokens are those of " " + x (a leading space, as the text would follow the call inline):
+``[Calculator(400 / 1400) -> 0.29] Out of 1400 ...``.
+
+Because the weights vanish after 5 tokens, L_i needs the text only up to x_{i+4}; and all the
+candidates of a document that share a prefix (the same call, or no call) share one forward pass
+over [start, z, x_1..x_max], reading L_i off at each of their positions. Run by the pipeline
+(``toolformer augment``); the tests call these functions directly on hand-set models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+DECAY = 0.2  # the paper's weight decay: w~_t = max(0, 1 - 0.2 t), five non-zero weights
+
+
+def loss_weights(decay: float = DECAY) -> torch.Tensor:
+    """Normalised weights ``w_t`` (shape ``(T,)``, T = tokens with a non-zero weight; 5 for 0.2)."""
+    t = torch.arange(round(1 / decay) + 1, dtype=torch.float64)
+    w = torch.clamp(1 - decay * t, min=0)
+    w = w[w > 0]
+    return (w / w.sum()).to(torch.float32)
+
+
+def weighted_loss(token_logprobs: torch.Tensor, i: int, weights: torch.Tensor | None = None) -> float:
+    """``L_i`` from the log-probabilities of the text's tokens.
+
+    Args:
+        token_logprobs: FloatTensor of shape (n,): ``log p(x_j | z, x_<j)`` for j = 0..n-1.
+        i: the position (0-based token index of x) the call belongs before.
+        weights: from :func:`loss_weights`.
+
+    Near the end of the text fewer than five tokens remain; we sum the weights that exist without
+    renormalising them (the paper does not say; all three losses of a candidate cover the same
+    tokens, so their difference is unaffected in kind).
+    """
+    w = loss_weights() if weights is None else weights
+    seg = token_logprobs[i : i + len(w)]
+    return float(-(w[: len(seg)].to(seg.dtype) * seg).sum())
+
+
+def keep_if_useful(loss_plus: float, loss_minus: float, tau_f: float) -> bool:
+    """The paper's filter: keep a call if it lowers the loss by at least ``tau_f`` (== keeps)."""
+    return loss_minus - loss_plus >= tau_f
+
+
+@torch.no_grad()
+def token_logprobs(
+    model,
+    sequences: Sequence[Sequence[int]],
+    pad_id: int,
+    padding_side: str = "right",
+    keep_from: Sequence[int] | None = None,
+) -> list[torch.Tensor]:
+    """Log-probability of tokens given the ones before them, for a padded batch.
+
+    Returns one FloatTensor per sequence, of shape (len(seq) - 1 - keep_from[r],): entry k is
+    ``log p(seq[f+k+1] | seq[:f+k+1])`` with f = keep_from[r] (default 0: every token). The
+    output layer runs only on the rows asked for (the filter needs 5 per candidate; the LM head
+    is a fifth of SmolLM2-135M's FLOPs). Padding never changes a value beyond float noise: the
+    attention mask hides pad tokens and, for left padding, position ids start at each sequence's
+    first real token (the bug of ports that pad left without position ids).
+    """
+    lengths = [len(s) for s in sequences]
+    keep_from = [0] * len(sequences) if keep_from is None else list(keep_from)
+    width = max(lengths)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    starts = []
+    for r, s in enumerate(sequences):
+        start = 0 if padding_side == "right" else width - len(s)
+        ids[r, start : start + len(s)] = torch.tensor(s)
+        mask[r, start : start + len(s)] = 1
+        starts.append(start)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    device = model.device
+    hidden = model.get_decoder()(
+        input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device)
+    ).last_hidden_state
+    rows = [hidden[r, st + f : st + n - 1] for r, (st, f, n) in enumerate(zip(starts, keep_from, lengths))]
+    targets = torch.cat(
+        [ids[r, st + f + 1 : st + n] for r, (st, f, n) in enumerate(zip(starts, keep_from, lengths))]
+    )
+    logits = model.get_output_embeddings()(torch.cat(rows)).float()
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None].to(device))[:, 0].cpu()
+    return list(torch.split(logp, [len(r) for r in rows]))
+
+
+def batches_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices grouped so that rows x longest row <= ``max_tokens`` (longest first, less padding)."""
+    order = sorted(range(len(lengths)), key=lambda k: (-lengths[k], k))
+    batches: list[list[int]] = []
+    for k in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(k)
+        else:
+            batches.append([k])
+    return batches
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateLosses:
+    loss_plus: float  # L_i(e(c, r))
+    loss_minus: float  # min(loss_empty, loss_no_result)
+    loss_empty: float  # L_i(eps)
+    loss_no_result: float  # L_i(e(c, eps))
+
+    @property
+    def delta(self) -> float:
+        return self.loss_minus - self.loss_plus
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterJob:
+    """One document's candidates, as token ids (plain data: crosses process boundaries).
+
+    ``text_ids`` are the tokens of " " + x; each candidate is ``(i, with_result_ids,
+    without_result_ids)``: its position and the tokens of e(c, r) and e(c, eps).
+    """
+
+    text_ids: tuple[int, ...]
+    candidates: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...]
+
+
+def filter_losses(
+    model,
+    jobs: Sequence[FilterJob],
+    start_id: int,
+    pad_id: int,
+    context_window: int | None = None,
+    max_batch_tokens: int = 8192,
+    weights: torch.Tensor | None = None,
+) -> list[list[CandidateLosses]]:
+    """The three losses of every candidate of every job, batched across jobs.
+
+    With ``context_window = None`` (exact) each distinct prefix of a document (no call, each call
+    with and without result) costs one pass over [start, z, x_1..x_{i_max+4}]. With a window W
+    the text before position i is cut to its last W tokens (a speed setting; it differs from the
+    paper, which conditions on the whole text), one pass per (prefix, position).
+    """
+    w = loss_weights() if weights is None else weights
+    span = len(w)
+    # (job, prefix, lo) -> [first position, hi]: one pass covers x[lo:hi]; log-probs from x_first.
+    needs: dict[tuple[int, tuple[int, ...], int], list[int]] = {}
+
+    def lo_of(i: int) -> int:
+        return 0 if context_window is None else max(0, i - context_window)
+
+    for j, job in enumerate(jobs):
+        n = len(job.text_ids)
+        for i, plus, minus in job.candidates:
+            hi = min(n, i + span)
+            for prefix in ((), plus, minus):
+                need = needs.setdefault((j, prefix, lo_of(i)), [i, hi])
+                need[0], need[1] = min(need[0], i), max(need[1], hi)
+    keys = list(needs)
+    seqs = [[start_id, *prefix, *jobs[j].text_ids[lo : needs[(j, prefix, lo)][1]]] for j, prefix, lo in keys]
+    first = [len(prefix) + needs[(j, prefix, lo)][0] - lo for j, prefix, lo in keys]
+    logps: list[torch.Tensor | None] = [None] * len(seqs)
+    for batch in batches_by_tokens([len(s) for s in seqs], max_batch_tokens):
+        got = token_logprobs(model, [seqs[k] for k in batch], pad_id, keep_from=[first[k] for k in batch])
+        for k, lp in zip(batch, got):
+            logps[k] = lp
+    # log-probs of x[first:hi] per pass, and the text index they start at
+    text_logps = {key: (logps[k], needs[key][0]) for k, key in enumerate(keys)}
+
+    out = []
+    for j, job in enumerate(jobs):
+        losses = []
+        for i, plus, minus in job.candidates:
+            lo = lo_of(i)
+            lp = {}
+            for z in ((), plus, minus):
+                logp, first_i = text_logps[(j, z, lo)]
+                lp[z] = weighted_loss(logp, i - first_i, w)
+            losses.append(CandidateLosses(lp[plus], min(lp[()], lp[minus]), lp[()], lp[minus]))
+        out.append(losses)
+    return out
