@@ -1,0 +1,373 @@
+"""Fine-tune a model on the augmented texts (the paper's last step): ``toolformer finetune``.
+
+    toolformer finetune --data runs/augment-1 --model smollm2-135m --output models/tf-135m \\
+        --max-steps 2000 --batch-size 8 --effective-batch-size 128 [--lora] [--resume]
+
+The objective is the paper's: causal LM loss over the texts with their calls and results
+(``--mask-results`` leaves the results out of the loss). Training runs on the HF Trainer: lr 1e-5,
+linear warm-up over the first 10% of the steps, gradient accumulation up to the effective batch
+(the paper's is 128), dev perplexity and a checkpoint every ``--save-steps``. fp32 on CPU; on a GPU
+fp32 master weights with bf16 autocast. ``--lora`` trains a LoRA adapter (peft) and merges it into
+the saved model.
+
+``--output`` ends up a plain HF model directory (config, safetensors, tokenizer, generation config)
+that ``toolformer.models.load_model`` and plain transformers load, plus ``finetune.json`` (settings,
+data counts, final metrics; written last). Checkpoints live in ``OUTPUT/checkpoints`` and are
+crash-safe (finetune/checkpoints.py); ``--resume`` continues from the newest complete one with the
+same data order and ends at the same weights as an uninterrupted run.
+
+Several GPUs: ``accelerate launch -m toolformer.cli finetune --data ... --output ...`` (the
+effective batch is split over the processes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from finetune.checkpoints import SafeTrainer, checkpoint_step, latest_complete_checkpoint
+from finetune.data import count_calls, mix_original, read_texts, split_train_dev
+from finetune.features import EncodeStats, encode_texts
+from finetune.markers import MARKER_FORMAT, add_marker_tokens, save_call_format, to_marker_format
+from toolformer.call_format import DEFAULT_FORMAT
+from toolformer.errors import UserError
+from toolformer.models import DEFAULT_MODEL, load_model
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "finetune.json"
+SETTINGS_FILE = "run-settings.json"  # in the checkpoint folder: a resumed run must match it
+CHECKPOINTS = "checkpoints"
+# Settings that may change between an interrupted run and its resumption without changing the result.
+RESUME_MAY_CHANGE = {"resume", "logging_steps", "device", "shrink_batch_on_oom"}
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    data: list[str]
+    output: str
+    model: str = DEFAULT_MODEL
+    text_field: str = "text"
+    dev_data: list[str] | None = None
+    dev_share: float = 0.05  # used when no dev_data is given
+    mix_original: float = 0.0
+    max_length: int = 1024  # the paper's sequence length
+    batch_size: int = 8  # per device and micro-step
+    effective_batch_size: int = 128  # the paper's batch; reached by gradient accumulation
+    learning_rate: float = 1e-5
+    warmup_share: float = 0.1  # linear warm-up over the first 10% of the steps
+    # The paper states only the warm-up; "linear" also decays to 0 by max_steps (HF's usual choice),
+    # "constant_with_warmup" is the literal reading of the paper.
+    lr_schedule: Literal["linear", "constant_with_warmup", "cosine"] = "linear"
+    max_steps: int = 2000  # the paper's maximum
+    save_steps: int = 500  # dev perplexity and a checkpoint every N steps (the paper: every 500)
+    keep_checkpoints: int = 2
+    final_weights: Literal["last", "best"] = "last"
+    mask_results: bool = False
+    marker_tokens: bool = False
+    lora: bool = False
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    resume: bool = False
+    device: str | None = None
+    logging_steps: int = 10
+    shrink_batch_on_oom: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise UserError("--data is required: a pipeline run directory or data files")
+        if not self.output:
+            raise UserError("--output is required: the directory for the fine-tuned model")
+        for flag in ("max_length", "batch_size", "effective_batch_size", "max_steps", "save_steps"):
+            if getattr(self, flag) < 1:
+                raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+        if self.max_length < 2:
+            raise UserError("--max-length must be at least 2 (one token and EOS)")
+        if not 0.0 <= self.warmup_share < 1.0:
+            raise UserError(f"--warmup-share {self.warmup_share}: must be in [0, 1)")
+        if self.learning_rate <= 0:
+            raise UserError(f"--learning-rate {self.learning_rate}: must be positive")
+
+    def grad_accumulation(self, world_size: int) -> int:
+        per_step = self.batch_size * world_size
+        if self.effective_batch_size % per_step:
+            raise UserError(f"--effective-batch-size {self.effective_batch_size} is not a multiple of "
+                            f"--batch-size {self.batch_size} x {world_size} process(es)")
+        return self.effective_batch_size // per_step
+
+
+def _settings(cfg: FinetuneConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_MAY_CHANGE}
+
+
+def _prepare_output(cfg: FinetuneConfig) -> tuple[Path, Path | None]:
+    """Check --output against --resume; return (checkpoint dir, checkpoint to resume from)."""
+    out = Path(cfg.output)
+    ckpt_dir = out / CHECKPOINTS
+    if (out / RESULT_FILE).exists() and not cfg.resume:
+        raise UserError(f"--output {out} already holds a fine-tuned model; choose another directory")
+    if out.exists() and any(out.iterdir()) and not ckpt_dir.exists():
+        raise UserError(f"--output {out} exists and is not a fine-tuning directory; choose another one")
+    settings_file = ckpt_dir / SETTINGS_FILE
+    # A run that failed before its first checkpoint (a bad flag) leaves nothing worth resuming.
+    started = ckpt_dir.is_dir() and any(checkpoint_step(p) is not None for p in ckpt_dir.iterdir())
+    if started and not cfg.resume:
+        raise UserError(f"--output {out} holds checkpoints of an earlier run: pass --resume to continue it, "
+                        "or choose another directory")
+    resume_from = None
+    if cfg.resume and started:
+        before = json.loads(settings_file.read_text()) if settings_file.exists() else {}
+        changed = sorted(k for k, v in _settings(cfg).items() if json.loads(json.dumps(v)) != before.get(k))
+        if changed:
+            raise UserError(f"--resume: settings differ from the interrupted run ({', '.join(changed)}); "
+                            "resume with the same flags")
+        resume_from = latest_complete_checkpoint(ckpt_dir)
+    if cfg.resume and resume_from is None:
+        log.warning("--resume: no complete checkpoint in %s; starting from the beginning", ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(_settings(cfg), indent=1) + "\n")
+    return ckpt_dir, resume_from
+
+
+def read_split(cfg: FinetuneConfig) -> tuple[list[str], list[str], dict]:
+    """Train and dev texts (no tokenizer needed, so data errors come before the model loads)."""
+    corpus = read_texts(cfg.data, cfg.text_field)
+    if cfg.dev_data:
+        train_texts, dev_texts = corpus.texts, read_texts(cfg.dev_data, cfg.text_field).texts
+    else:
+        train_texts, dev_texts = split_train_dev(corpus.texts, cfg.dev_share, cfg.seed)
+    # Originals are mixed into train only, so dev perplexity stays on texts with calls.
+    train_texts = mix_original(train_texts, cfg.mix_original, cfg.seed)
+    counts = {"texts_read": len(corpus.texts), "records_skipped": corpus.skipped,
+              "train_texts": len(train_texts),
+              "dev_texts": len(dev_texts), "train_calls": sum(count_calls(t) for t in train_texts)}
+    return train_texts, dev_texts, counts
+
+
+def tokenized(cfg: FinetuneConfig, texts: list[str], tokenizer, fmt, stats: EncodeStats):
+    import datasets
+
+    if not texts:
+        return None
+    if fmt is not DEFAULT_FORMAT:
+        texts = [to_marker_format(t, DEFAULT_FORMAT, fmt) for t in texts]
+
+    def encode(batch):
+        return encode_texts(batch["text"], tokenizer, cfg.max_length, cfg.mask_results, fmt, stats)
+
+    return datasets.Dataset.from_dict({"text": texts}).map(encode, batched=True, remove_columns=["text"])
+
+
+def _apply_lora(cfg: FinetuneConfig, model, new_token_ids: list[int]):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                      lora_dropout=cfg.lora_dropout, target_modules="all-linear",
+                      # New marker tokens start at the mean embedding: their rows must train too.
+                      trainable_token_indices={"embed_tokens": new_token_ids} if new_token_ids else None)
+    return get_peft_model(model, lora)
+
+
+def build_trainer(cfg: FinetuneConfig, callbacks=()) -> tuple[SafeTrainer, dict, Path | None]:
+    """Load model and data and set up the Trainer; returns (trainer, data counts, resume checkpoint)."""
+    from transformers import DataCollatorForSeq2Seq, TrainingArguments
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accumulation = cfg.grad_accumulation(world)
+    train_texts, dev_texts, counts = read_split(cfg)
+    ckpt_dir, resume_from = _prepare_output(cfg)
+    on_gpu = torch.cuda.is_available() and cfg.device != "cpu"
+    # fp32 master weights everywhere; on a GPU the Trainer adds bf16 autocast.
+    model, tokenizer = load_model(cfg.model, device="cpu", dtype="float32")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and cfg.max_length > limit:
+        raise UserError(f"--max-length {cfg.max_length} is beyond the model's limit of {limit} positions")
+    model.config.use_cache = False
+    fmt, new_ids = DEFAULT_FORMAT, []
+    if cfg.marker_tokens:
+        fmt = MARKER_FORMAT
+        new_ids = add_marker_tokens(model, tokenizer, fmt)
+    if cfg.lora:
+        model = _apply_lora(cfg, model, new_ids)
+    stats = EncodeStats()
+    train = tokenized(cfg, train_texts, tokenizer, fmt, stats)
+    dev = tokenized(cfg, dev_texts, tokenizer, fmt, EncodeStats())
+    counts.update(truncated_texts=stats.truncated, masked_tokens=stats.masked_tokens,
+                  label_tokens=stats.label_tokens)
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_schedule,
+        warmup_steps=cfg.warmup_share,  # a float below 1 is a share of max_steps
+        weight_decay=0.0,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        logging_nan_inf_filter=False,  # the bare Trainer's filter hid NaN losses as 0.0
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        eval_strategy="steps" if dev is not None else "no",
+        eval_steps=cfg.save_steps,
+        eval_on_start=dev is not None and resume_from is None,  # the base model's dev perplexity
+        metric_for_best_model="eval_loss" if dev is not None else None,
+        greater_is_better=False,
+        load_best_model_at_end=cfg.final_weights == "best" and dev is not None,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        use_cpu=not on_gpu,
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
+    trainer = SafeTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
+                          data_collator=collator,
+                          processing_class=tokenizer, callbacks=list(callbacks),
+                          keep_checkpoints=cfg.keep_checkpoints, shrink_batch_on_oom=cfg.shrink_batch_on_oom)
+    trainer.call_format = fmt
+    return trainer, counts, resume_from
+
+
+def save_final(trainer: SafeTrainer, cfg: FinetuneConfig, result: dict) -> Path:
+    """Write the plain HF model directory, then finetune.json last (its presence = complete)."""
+    out = Path(cfg.output)
+    model = trainer.model
+    if cfg.lora:
+        model = model.merge_and_unload()  # plain weights: loadable without peft
+    model.config.use_cache = True
+    staging = out / ".final-staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    model.save_pretrained(staging)
+    trainer.processing_class.save_pretrained(staging)
+    if trainer.call_format is not DEFAULT_FORMAT:
+        save_call_format(staging, trainer.call_format)
+    for f in staging.iterdir():
+        os.replace(f, out / f.name)
+    staging.rmdir()
+    (out / RESULT_FILE).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return out
+
+
+def run_finetune(cfg: FinetuneConfig, callbacks=()) -> dict:
+    """Train as configured and save; returns what finetune.json holds."""
+    t0 = time.time()
+    trainer, counts, resume_from = build_trainer(cfg, callbacks)
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    metrics = dict(output.metrics)
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    best = trainer.state.best_model_checkpoint
+    result = {
+        "settings": dataclasses.asdict(cfg),
+        "data": counts,
+        "batch_size": trainer.args.per_device_train_batch_size,  # smaller than asked after an OOM
+        "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
+        "precision": "bf16 autocast" if trainer.args.bf16 else "fp32",
+        "device": str(trainer.args.device),
+        "resumed_from": str(resume_from) if resume_from else None,
+        "steps": trainer.state.global_step,
+        "final_metrics": metrics,
+        "best_checkpoint": best,
+        "best_dev_loss": trainer.state.best_metric,
+        "best_dev_perplexity": math.exp(trainer.state.best_metric) if trainer.state.best_metric else None,
+        "final_weights": cfg.final_weights if trainer.args.load_best_model_at_end else "last",
+        "log_history": trainer.state.log_history,
+        "wall_seconds": round(time.time() - t0, 1),
+    }
+    save_final(trainer, cfg, result)
+    return result
+
+
+def finetune(
+    data: list[str] | None = None,
+    output: str | None = None,
+    model: str = DEFAULT_MODEL,
+    text_field: str = "text",
+    dev_data: list[str] | None = None,
+    dev_share: float = 0.05,
+    mix_original: float = 0.0,
+    max_length: int = 1024,
+    batch_size: int = 8,
+    effective_batch_size: int = 128,
+    learning_rate: float = 1e-5,
+    warmup_share: float = 0.1,
+    lr_schedule: Literal["linear", "constant_with_warmup", "cosine"] = "linear",
+    max_steps: int = 2000,
+    save_steps: int = 500,
+    keep_checkpoints: int = 2,
+    final_weights: Literal["last", "best"] = "last",
+    mask_results: bool = False,
+    marker_tokens: bool = False,
+    lora: bool = False,
+    lora_rank: int = 16,
+    lora_alpha: int = 32,
+    seed: int = 0,
+    resume: bool = False,
+    device: str | None = None,
+    shrink_batch_on_oom: bool = False,
+) -> int:
+    """Fine-tune a model on texts with tool calls; OUTPUT becomes a plain HF model directory.
+
+    Args:
+        data: pipeline run directories (texts-*.jsonl), .jsonl/.json/.parquet files or saved HF datasets.
+        output: directory for the fine-tuned model, finetune.json and checkpoints/.
+        model: base model: a fetched name, a model directory, a .gguf file or a Hub id.
+        text_field: the field holding the text in each record.
+        dev_data: held-out texts for dev perplexity (default: a --dev-share of --data).
+        dev_share: share of --data held out as dev set when --dev-data is not given.
+        mix_original: share of texts with calls whose call-free original is added to train.
+        max_length: sequence length in tokens (longer texts are cut; the paper: 1024).
+        batch_size: sequences per device and micro-step.
+        effective_batch_size: sequences per optimizer step, via gradient accumulation (the paper: 128).
+        learning_rate: peak learning rate (the paper: 1e-5).
+        warmup_share: share of --max-steps spent in linear warm-up (the paper: 0.1).
+        lr_schedule: learning-rate schedule after the warm-up.
+        max_steps: optimizer steps (the paper: up to 2000).
+        save_steps: dev perplexity and a checkpoint every N steps.
+        keep_checkpoints: complete checkpoints to keep (the newest and the best are always kept).
+        final_weights: which weights go to OUTPUT: the last step's or the best dev perplexity's.
+        mask_results: leave tool results out of the loss (the paper trains on them).
+        marker_tokens: add <API>, </API> and → as new tokens and write calls with them.
+        lora: train a LoRA adapter and merge it into the saved model.
+        lora_rank: LoRA rank.
+        lora_alpha: LoRA scaling numerator.
+        seed: seed for the split, data order and initialisation.
+        resume: continue from the newest complete checkpoint in OUTPUT/checkpoints.
+        device: cpu or cuda (default: cuda when present).
+        shrink_batch_on_oom: on out-of-memory, halve --batch-size, double the accumulation (same
+            effective batch) and go on from the newest complete checkpoint.
+    """
+    cfg = FinetuneConfig(
+        data=data or [], output=output or "", model=model, text_field=text_field, dev_data=dev_data,
+        dev_share=dev_share, mix_original=mix_original, max_length=max_length, batch_size=batch_size,
+        effective_batch_size=effective_batch_size, learning_rate=learning_rate, warmup_share=warmup_share,
+        lr_schedule=lr_schedule, max_steps=max_steps, save_steps=save_steps,
+        keep_checkpoints=keep_checkpoints,
+        final_weights=final_weights, mask_results=mask_results, marker_tokens=marker_tokens, lora=lora,
+        lora_rank=lora_rank, lora_alpha=lora_alpha, seed=seed, resume=resume, device=device,
+        shrink_batch_on_oom=shrink_batch_on_oom)
+    result = run_finetune(cfg)
+    m = result["final_metrics"]
+    dev = f", dev perplexity {m['eval_perplexity']:.2f}" if "eval_perplexity" in m else ""
+    print(f"fine-tuned {result['steps']} steps, train loss {m.get('train_loss', float('nan')):.4f}{dev}; "
+          f"model in {cfg.output}")
+    return 0
