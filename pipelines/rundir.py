@@ -83,6 +83,8 @@ def prepare(out: str | Path, settings_json: dict, resume: bool, parts: int) -> l
     write_json_atomic(out / "run.json", settings_json)
     for orphan in out.glob("beam-temp-*"):  # a killed runner's temporary shards
         shutil.rmtree(orphan, ignore_errors=True)
+    for orphan in [*out.glob("*.tmp"), *(out / ".parts").glob("*.tmp")]:  # a killed atomic write
+        orphan.unlink()
     todo = []
     for part in range(parts):
         if not part_done(out, part):

@@ -22,6 +22,7 @@ or, without touching code that imports it, expose the class under the entry-poin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import datetime as dt
 import importlib
 import random
@@ -98,6 +99,7 @@ def register_tool(cls: type[Tool]) -> type[Tool]:
     return cls
 
 
+@functools.cache  # scanning entry points costs ~30 ms; once per process is enough
 def _load_builtin_and_plugins() -> None:
     importlib.import_module("tools.builtin")  # registers the paper's tools
     for ep in metadata.entry_points(group="toolformer.tools"):

@@ -1,0 +1,232 @@
+"""Load run (issue 9 item 5; TESTPLAN F48): N documents through the whole augmentation pipeline with a
+fake fast LM and the real Calculator (its isolated worker, the real executor), measuring memory
+and checking that the metrics add up.
+
+    python benchmarks/bench_load.py                      # 1,000-document baseline, then 10,000
+    python benchmarks/bench_load.py --docs 2000 --baseline 200 --parts 4
+
+The fake LM is a one-layer Llama whose next token depends only on the current one, scripted so
+that after every comma it writes `` [Calculator(1+2)]`` (a real call; the Calculator answers 3):
+model cost is near zero, so the run measures the pipeline itself. 1% of the input lines are bad
+records (dead letters). Peak RSS comes from sampling /proc/self/status every 0.2 s; "growth" is
+the RSS when the last part finished minus the RSS when the first part finished (parts are
+processed one after another, so steady state means flat). Printed ratios compare the big run with
+the baseline run measured in the same process.
+
+Checks (the script exits 1 if one fails):
+  documents:  input lines = texts written + bad records (dead letters) + duplicate ids
+  candidates: executed = kept + dropped (not useful) + failed, and = candidate records written
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# Each token's successor is the next one (cyclic): ", [Calculator(1+2)]" then "," again.
+CALC_CHAIN = [",", "Ġ[", "Ca", "l", "c", "u", "la", "t", "or", "(", "1", "+", "2", ")", "]"]
+
+
+def build_fake_lm(out: Path, chain: list[str] = CALC_CHAIN, scale: float = 3.0) -> Path:
+    """A scripted one-layer Llama over the tiny test tokenizer (see tests/test_pipeline.py)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tests.tiny_model import build_tiny_model
+
+    tiny = build_tiny_model(out / "tiny")
+    tok = AutoTokenizer.from_pretrained(tiny)
+    torch.manual_seed(0)
+    hidden = 64
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    ids = tok.convert_tokens_to_ids(chain)
+    if len(set(ids)) != len(chain) or tok.unk_token_id in ids:
+        raise SystemExit(f"chain tokens are not distinct known tokens: {chain}")
+    succ = {a: a for a in range(len(tok))}
+    for a, b in zip(ids, ids[1:] + ids[:1]):
+        succ[a] = b
+    with torch.no_grad():
+        for layer in model.model.layers:  # no attention or MLP output: logits depend on the token only
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb = torch.randn(len(tok), hidden)
+        model.model.embed_tokens.weight.copy_(emb)
+        unit = emb / emb.norm(dim=-1, keepdim=True)
+        head = torch.zeros(len(tok), hidden)
+        for a, b in succ.items():
+            head[b] = scale * unit[a]
+        model.lm_head.weight.copy_(head)
+    fake = out / "fake-lm"
+    model.save_pretrained(fake)
+    tok.save_pretrained(fake)
+    return fake
+
+
+def write_documents(path: Path, n: int, seed: int = 0) -> int:
+    """``n`` input lines: 99% arithmetic documents, 1% bad records. Returns the line count."""
+    rng = random.Random(seed)
+    bad = [b"{not json", b'{"doc_id": "x"}', b'{"text": "  "}', b'{"text": "caf\xe9, 1, 2, 3"}']
+    with path.open("wb") as f:
+        for i in range(n):
+            if i % 100 == 99:
+                f.write(bad[(i // 100) % len(bad)] + b"\n")
+                continue
+            a, b = rng.randint(2, 500), rng.randint(2, 500)
+            text = f"Shop {i} sold {a} pens, then {b} more, {a + b} in all."
+            f.write(json.dumps({"doc_id": f"d{i:06d}", "text": text}).encode() + b"\n")
+    return n
+
+
+def rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+class RssSampler(threading.Thread):
+    """Samples RSS every ``period`` s, and the RSS at the moment each part's marker appears."""
+
+    def __init__(self, out: Path, period: float = 0.2):
+        super().__init__(daemon=True)
+        self.out, self.period = out, period
+        self.peak, self.at_part, self.stop = 0, {}, threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            rss = rss_kb()
+            self.peak = max(self.peak, rss)
+            parts = self.out / ".parts"
+            if parts.is_dir():
+                for marker in parts.glob("*.done"):
+                    self.at_part.setdefault(marker.name, rss)
+            self.stop.wait(self.period)
+
+
+def run_load(fake_lm: Path, work: Path, n: int, parts: int) -> dict:
+    from pipelines.augment import run_augment
+    from pipelines.settings import build_settings
+
+    inp = work / f"docs-{n}.jsonl"
+    lines = write_documents(inp, n)
+    out = work / f"run-{n}"
+    settings = build_settings(
+        None,
+        [
+            "calculator.tau_s=0.5",
+            "calculator.k=5",
+            "calculator.m=2",
+            "calculator.tau_f=0.5",
+            "calculator.window=64",
+            "calculator.max_call_tokens=16",
+            "max_batch_tokens=2048",
+            f"parts={parts}",
+        ],
+        model=str(fake_lm),
+        tools=("calculator",),
+    )
+    sampler = RssSampler(out)
+    start_rss = rss_kb()
+    sampler.start()
+    t0 = time.perf_counter()
+    _, stats = run_augment(settings, [str(inp)], str(out), False, [])
+    wall = time.perf_counter() - t0
+    sampler.stop.set()
+    sampler.join()
+    for marker in (out / ".parts").glob("*.done"):  # the last part can finish between two samples
+        sampler.at_part.setdefault(marker.name, rss_kb())
+    marks = [sampler.at_part[k] for k in sorted(sampler.at_part)]
+    docs, calc = stats["documents"], stats["tools"]["Calculator"]
+    candidate_rows = sum(1 for p in out.glob("candidates-*.jsonl") for _ in p.open(encoding="utf-8"))
+    error_rows = sum(1 for p in out.glob("errors-*.jsonl") for _ in p.open(encoding="utf-8"))
+    dropped = calc["executed"] - calc["failed"] - calc["kept"]
+    checks = {
+        "lines = texts + bad + duplicates": lines
+        == docs["texts_written"] + docs["docs_bad"] + docs["docs_duplicate_id"],
+        "executed = kept + dropped + failed": calc["executed"] == calc["kept"] + dropped + calc["failed"]
+        and dropped >= 0,
+        "candidate records = executed": candidate_rows == calc["executed"] == calc["candidates"],
+        "dead letters = bad + duplicates + failed": error_rows
+        == docs["docs_bad"] + docs["docs_duplicate_id"] + calc["failed"],
+    }
+    return {
+        "docs": n,
+        "parts": parts,
+        "wall_s": round(wall, 1),
+        "docs_per_s": round(n / wall, 1),
+        "start_rss_mb": round(start_rss / 1024, 1),
+        "peak_rss_mb": round(sampler.peak / 1024, 1),
+        "rss_first_part_mb": round(marks[0] / 1024, 1) if marks else None,
+        "rss_last_part_mb": round(marks[-1] / 1024, 1) if marks else None,
+        "rss_growth_mb": round((marks[-1] - marks[0]) / 1024, 1) if len(marks) > 1 else None,
+        "rss_by_part_mb": [round(m / 1024) for m in marks],
+        "in": lines,
+        "texts": docs["texts_written"],
+        "bad": docs["docs_bad"],
+        "executed": calc["executed"],
+        "kept": calc["kept"],
+        "dropped": dropped,
+        "failed": calc["failed"],
+        "dead_letters": error_rows,
+        "checks": checks,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs", type=int, default=10_000)
+    parser.add_argument("--baseline", type=int, default=1_000, help="documents in the baseline run (0: none)")
+    parser.add_argument(
+        "--parts", type=int, default=10, help="parts of the big run (the baseline scales down)"
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        work = Path(tmp)
+        fake = build_fake_lm(work)
+        runs = []
+        if args.baseline:
+            runs.append(run_load(fake, work, args.baseline, max(2, args.parts * args.baseline // args.docs)))
+            print("baseline", json.dumps(runs[-1]), flush=True)
+        runs.append(run_load(fake, work, args.docs, args.parts))
+        print("load", json.dumps(runs[-1]), flush=True)
+    big = runs[-1]
+    if args.baseline:
+        base = runs[0]
+        print(
+            f"ratios vs the {base['docs']}-document baseline: time per document "
+            f"{(big['wall_s'] / big['docs']) / (base['wall_s'] / base['docs']):.2f}x, "
+            f"peak RSS {big['peak_rss_mb'] / base['peak_rss_mb']:.2f}x "
+            f"for {big['docs'] / base['docs']:.0f}x the documents"
+        )
+    failed = [name for r in runs for name, ok in r["checks"].items() if not ok]
+    print("metrics add up" if not failed else f"FAILED checks: {failed}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
