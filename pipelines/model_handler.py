@@ -286,7 +286,6 @@ class AugmentModelHandler(ModelHandler):
         self.threads = threads
 
     def load_model(self) -> AugmentModel:
-        torch.set_grad_enabled(False)
         if self.threads:
             # Measured here: on a shared 2-core machine a 2-thread matmul of a few rows waits ~24 ms
             # for its second thread; one thread ran the same work 10x faster.
@@ -304,7 +303,10 @@ class AugmentModelHandler(ModelHandler):
     def run_inference(
         self, batch: Sequence[dict], model: AugmentModel, inference_args: dict[str, Any] | None = None
     ) -> Iterable[tuple[dict, Any]]:
-        out = model.sample(list(batch)) if self.task == "sample" else model.losses(list(batch))
+        # no_grad here, not torch.set_grad_enabled(False) at load: that flag is global to the thread,
+        # and the in-process runner shares its thread with whatever runs next (e.g. fine-tuning).
+        with torch.no_grad():
+            out = model.sample(list(batch)) if self.task == "sample" else model.losses(list(batch))
         return list(zip(batch, out))
 
     def get_metrics_namespace(self) -> str:
