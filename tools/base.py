@@ -121,7 +121,11 @@ def tool_class(spec: str) -> type[Tool]:
             raise KeyError(f"cannot load tool {spec!r}: {e}") from None
         if not (isinstance(cls, type) and issubclass(cls, Tool)):
             raise KeyError(f"{spec!r} is not a Tool subclass")
-        return register_tool(cls)
+        _load_builtin_and_plugins()
+        # Findable by name from now on, unless that name is taken: a `module:Class` spec must not
+        # replace a built-in tool for the rest of the process.
+        _REGISTRY.setdefault(cls.name, cls)
+        return cls
     _load_builtin_and_plugins()
     by_lower = {k.lower(): v for k, v in _REGISTRY.items()}
     if spec.lower() not in by_lower:
