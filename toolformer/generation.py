@@ -498,22 +498,12 @@ DEFAULT_TOOLS = ("Calculator", "Calendar")
 
 
 def build_tools(names: Sequence[str] | None = None, index: str | None = None) -> dict[str, Tool]:
-    """Instantiate tools by name (``tools.base.get_tool``); WikiSearch is added when ``index`` is given."""
-    from tools.base import get_tool
+    """Instantiate tools by name (``tools.base.build_tools``); WikiSearch is added when ``index`` is given."""
+    from tools.base import build_tools as _build
 
     if names is None:
         names = list(DEFAULT_TOOLS) + (["WikiSearch"] if index else [])
-    tools: dict[str, Tool] = {}
-    for name in names:
-        config = {"index": index} if name.lower() == "wikisearch" and index else {}
-        try:
-            tool = get_tool(name, **config)
-        except KeyError as e:
-            raise UserError(str(e.args[0])) from None
-        except (TypeError, ValueError, OSError) as e:
-            raise UserError(f"cannot set up tool {name!r}: {e}") from None
-        tools[tool.name] = tool
-    return tools
+    return _build(names, index)
 
 
 def generate_command(prompt: list[str], model: str = "smollm2-135m", max_new_tokens: int = 64,

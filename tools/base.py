@@ -28,7 +28,7 @@ import importlib
 import random
 from importlib import metadata
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
@@ -136,3 +136,29 @@ def tool_class(spec: str) -> type[Tool]:
 def get_tool(spec: str, **config: Any) -> Tool:
     """An instance of the tool named ``spec``; ``config`` goes to its constructor."""
     return tool_class(spec)(**config)
+
+
+INDEXED_TOOLS = frozenset({"wikisearch", "qa"})  # read the WikiSearch index given by --index
+
+
+def build_tools(names: Sequence[str], index: str | None = None, flag: str = "--tools") -> dict[str, Tool]:
+    """Instantiate tools by name or ``module:Class`` for a command; WikiSearch and QA get ``index``.
+
+    Mistakes (an unknown name, an indexed tool without an index, a bad configuration) raise
+    :class:`~toolformer.errors.UserError` naming ``flag``.
+    """
+    from toolformer.errors import UserError
+
+    tools: dict[str, Tool] = {}
+    for name in names:
+        indexed = name.lower() in INDEXED_TOOLS
+        if indexed and not index:
+            raise UserError(f"{flag} {name} needs --index DIR (a search index built by `toolformer index`)")
+        try:
+            tool = get_tool(name, **({"index": index} if indexed else {}))
+        except KeyError as e:
+            raise UserError(f"{flag}: {e.args[0]}") from None
+        except (TypeError, ValueError, OSError) as e:
+            raise UserError(f"cannot set up tool {name!r}: {e}") from None
+        tools[tool.name] = tool
+    return tools

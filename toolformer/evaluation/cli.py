@@ -44,23 +44,11 @@ SHOWN_SKIPS = 5  # skipped-record reasons listed in results.json
 
 def build_tools(task: str, names: list[str] | None, index: str | None) -> dict:
     """The task's tools, instantiated (WikiSearch and QA read ``index``)."""
-    from tools.base import get_tool
+    from tools.base import build_tools as _build
 
     if names is None:
         names = [n for n in DEFAULT_TOOLS[task] if index or n not in INDEXED_TOOLS]
-    tools = {}
-    for name in names:
-        indexed = name.lower() in {n.lower() for n in INDEXED_TOOLS}
-        if indexed and not index:
-            raise UserError(f"--tool-names {name} needs --index DIR (a search index built by `toolformer index`)")
-        try:
-            tool = get_tool(name, **({"index": index} if indexed else {}))
-        except KeyError as e:
-            raise UserError(f"--tool-names: {e.args[0]}") from None
-        except (TypeError, ValueError, OSError) as e:
-            raise UserError(f"cannot set up tool {name!r}: {e}") from None
-        tools[tool.name] = tool
-    return tools
+    return _build(names, index, flag="--tool-names")
 
 
 def _dates_examples(num_queries: int, num_dates: int, seed: int, limit: int | None) -> LoadedData:
