@@ -60,6 +60,10 @@ class FinetuneConfig:
     dev_data: list[str] | None = None
     dev_share: float = 0.05  # used when no dev_data is given
     mix_original: float = 0.0
+    # Keep only texts with at least one call. The paper trains on all of C* (C's texts with calls
+    # added), drawn from per-API example sets; with a small model few texts keep a call, and this
+    # makes a short run see them.
+    only_with_calls: bool = False
     max_length: int = 1024  # the paper's sequence length
     batch_size: int = 8  # per device and micro-step
     effective_batch_size: int = 128  # the paper's batch; reached by gradient accumulation
@@ -144,6 +148,12 @@ def _prepare_output(cfg: FinetuneConfig) -> tuple[Path, Path | None]:
 def read_split(cfg: FinetuneConfig) -> tuple[list[str], list[str], dict]:
     """Train and dev texts (no tokenizer needed, so data errors come before the model loads)."""
     corpus = read_texts(cfg.data, cfg.text_field)
+    if cfg.only_with_calls:
+        keep = [i for i, t in enumerate(corpus.texts) if count_calls(t)]
+        if not keep:
+            raise UserError(f"--only-with-calls: no text in {', '.join(cfg.data)} holds a call with a result")
+        corpus = dataclasses.replace(corpus, texts=[corpus.texts[i] for i in keep],
+                                     sources=[corpus.sources[i] for i in keep] if corpus.sources else [])
     if cfg.dev_data:
         train_texts, dev_texts = corpus.texts, read_texts(cfg.dev_data, cfg.text_field).texts
     else:
@@ -305,6 +315,7 @@ def finetune(
     dev_data: list[str] | None = None,
     dev_share: float = 0.05,
     mix_original: float = 0.0,
+    only_with_calls: bool = False,
     max_length: int = 1024,
     batch_size: int = 8,
     effective_batch_size: int = 128,
@@ -335,6 +346,7 @@ def finetune(
         dev_data: held-out texts for dev perplexity (default: a --dev-share of --data).
         dev_share: share of --data held out as dev set when --dev-data is not given.
         mix_original: share of texts with calls whose call-free original is added to train.
+        only_with_calls: train (and evaluate) only on texts holding at least one call.
         max_length: sequence length in tokens (longer texts are cut; the paper: 1024).
         batch_size: sequences per device and micro-step.
         effective_batch_size: sequences per optimizer step, via gradient accumulation (the paper: 128).
@@ -358,7 +370,7 @@ def finetune(
     """
     cfg = FinetuneConfig(
         data=data or [], output=output or "", model=model, text_field=text_field, dev_data=dev_data,
-        dev_share=dev_share, mix_original=mix_original, max_length=max_length, batch_size=batch_size,
+        dev_share=dev_share, mix_original=mix_original, only_with_calls=only_with_calls, max_length=max_length, batch_size=batch_size,
         effective_batch_size=effective_batch_size, learning_rate=learning_rate, warmup_share=warmup_share,
         lr_schedule=lr_schedule, max_steps=max_steps, save_steps=save_steps,
         keep_checkpoints=keep_checkpoints,

@@ -171,3 +171,19 @@ def test_result_masking_with_the_default_tokenizer(real_model_dir):
     assert tok.convert_ids_to_tokens([i for i, x in zip(ids, labels) if x == IGNORE_INDEX]) == \
         ["Ġ", "0", ".", "2", "9"]
     assert tok.convert_tokens_to_ids("Ġ[") in labels  # the call itself stays in the loss
+
+
+def test_only_with_calls_keeps_the_texts_that_hold_a_call(tmp_path):
+    from finetune.train import FinetuneConfig, read_split
+
+    data = tmp_path / "d.jsonl"
+    rows = ["plain text one", "It is [Calculator(2 + 2) -> 4] 4 now.", "plain two",
+            "Today [Calendar() -> Today is Monday, January 30, 2023.] we met.", "an open [Calculator(1 + 1)] call"]
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    cfg = FinetuneConfig(data=[str(data)], output=str(tmp_path / "o"), only_with_calls=True,
+                         dev_data=[str(data)])
+    train, _, counts = read_split(cfg)
+    assert train == [rows[1], rows[3]] and counts["train_calls"] == 2
+    (tmp_path / "none.jsonl").write_text(json.dumps({"text": "no calls"}) + "\n")
+    with pytest.raises(UserError, match="--only-with-calls: no text"):
+        read_split(FinetuneConfig(data=[str(tmp_path / "none.jsonl")], output="o", only_with_calls=True))

@@ -35,9 +35,9 @@ DEMO_OVERRIDES = [
     "wikisearch.tau_s=0", "wikisearch.k=2", "wikisearch.m=2",
 ]
 DEMO_PROMPTS = [
-    "The store sold 124 apples on Monday and 238 on Tuesday, so in total it sold",
-    "Out of 1400 participants, 400 passed the test, which is a share of",
-    "A train travels 360 kilometres in 4 hours. Its average speed is",
+    "The regional train covered the 360 km from Oakdale to Millbrook in 4 hours, an average speed of",
+    "This week, the week of",
+    "Out of 1400 participants, 400 passed the test, or",
 ]
 
 
@@ -56,8 +56,9 @@ def _check(rc: int, step: str) -> None:
 
 
 def demo(output: str = "demo_out", model: str = "smollm2-135m", docs: str | None = None,
-         passages: str | None = None, math: str | None = None, limit: int = 60, tools: str = "calculator,calendar,wikisearch",
-         finetune_steps: int = 40, eval_limit: int = 30, override: list[str] | None = None,
+         passages: str | None = None, math: str | None = None, limit: int = 350, tools: str = "calculator,calendar,wikisearch",
+         finetune_steps: int = 60, only_with_calls: bool = True, eval_limit: int = 30,
+         override: list[str] | None = None,
          extra_args: list[str] | None = None) -> int:
     """Run the whole Toolformer method on the bundled sample, end to end, and print where everything is.
 
@@ -67,9 +68,10 @@ def demo(output: str = "demo_out", model: str = "smollm2-135m", docs: str | None
         docs: documents to augment (default: the bundled toolformer/data/sample_docs.jsonl).
         passages: passages for the WikiSearch index (default: the bundled sample_passages.jsonl).
         math: math problems to evaluate on (default: the bundled sample_math.jsonl).
-        limit: documents to augment (the demo's budget; the bundled sample has a few hundred).
+        limit: documents to augment (the bundled sample has 350).
         tools: tools to sample calls for.
         finetune_steps: optimizer steps of the brief fine-tuning.
+        only_with_calls: fine-tune only on the texts that kept a call (--no-only-with-calls: on all).
         eval_limit: math problems to evaluate per condition.
         override: more augmentation settings as tool.name=value (after the demo's own).
     """
@@ -112,11 +114,14 @@ def demo(output: str = "demo_out", model: str = "smollm2-135m", docs: str | None
     _check(report(str(run_dir), str(out / "report")), "report")
     _done(t0, str(out / "report"))
 
-    t0 = _step(5, f"fine-tune {model} for {finetune_steps} steps on the texts with calls")
+    t0 = _step(5, f"fine-tune {model} for {finetune_steps} steps on the texts that kept calls")
     tuned = out / "finetuned"
     if not (tuned / "finetune.json").exists():
+        # Not the paper's lr 1e-5 over 2k steps of batch 128: a few dozen steps on a CPU need a larger
+        # rate, and only the texts that kept a call are worth those steps.
         _check(finetune(data=[str(run_dir)], output=str(tuned), model=model, max_length=256, batch_size=4,
                         effective_batch_size=8, learning_rate=1e-4, max_steps=finetune_steps,
+                        only_with_calls=only_with_calls,
                         save_steps=max(10, finetune_steps // 2), dev_share=0.1, resume=tuned.exists()),
                "finetune")
     _done(t0, str(tuned))
