@@ -228,7 +228,7 @@ def test_truncated_gzip_shard_and_records_without_losses_are_skipped(tmp_path):
     data = load_run(d)
     qa = data.tools["QA"]
     assert qa.candidates == qa.executed == len(qa.deltas) == qa.kept
-    assert 1 < qa.candidates < 3001  # the readable part of the truncated shard is kept
+    assert 2 <= qa.candidates <= 3000  # the readable part of the truncated shard is kept
     assert data.skipped == 3
     assert data.warnings[:2] == ["candidates-00000-of-00002.jsonl line 2: executed candidate without a "
                                  "numeric delta", "candidates-00000-of-00002.jsonl line 3: not a JSON object"]
