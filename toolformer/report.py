@@ -327,6 +327,7 @@ def _bins(lo: float, hi: float, tau: float | None, n: int = 30) -> list[float]:
     width = (hi - lo) / n
     if tau is not None:
         lo = tau - math.ceil((tau - lo) / width - 1e-9) * width
+        hi = max(hi, tau + width)  # values at or above τf get a bin right of the line
     count = math.ceil((hi - lo) / width - 1e-9)
     return [lo + width * i for i in range(count + 1)]
 
