@@ -39,50 +39,10 @@ CALC_CHAIN = [",", "Ġ[", "Ca", "l", "c", "u", "la", "t", "or", "(", "1", "+", "
 
 
 def build_fake_lm(out: Path, chain: list[str] = CALC_CHAIN, scale: float = 3.0) -> Path:
-    """A scripted one-layer Llama over the tiny test tokenizer (see tests/test_pipeline.py)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """A scripted one-layer Llama over the tiny test tokenizer that writes ``, [Calculator(1+2)]``."""
+    from tests.tiny_model import build_scripted_model, build_tiny_model
 
-    from tests.tiny_model import build_tiny_model
-
-    tiny = build_tiny_model(out / "tiny")
-    tok = AutoTokenizer.from_pretrained(tiny)
-    torch.manual_seed(0)
-    hidden = 64
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
-    ids = tok.convert_tokens_to_ids(chain)
-    if len(set(ids)) != len(chain) or tok.unk_token_id in ids:
-        raise SystemExit(f"chain tokens are not distinct known tokens: {chain}")
-    succ = {a: a for a in range(len(tok))}
-    for a, b in zip(ids, ids[1:] + ids[:1]):
-        succ[a] = b
-    with torch.no_grad():
-        for layer in model.model.layers:  # no attention or MLP output: logits depend on the token only
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        emb = torch.randn(len(tok), hidden)
-        model.model.embed_tokens.weight.copy_(emb)
-        unit = emb / emb.norm(dim=-1, keepdim=True)
-        head = torch.zeros(len(tok), hidden)
-        for a, b in succ.items():
-            head[b] = scale * unit[a]
-        model.lm_head.weight.copy_(head)
-    fake = out / "fake-lm"
-    model.save_pretrained(fake)
-    tok.save_pretrained(fake)
-    return fake
+    return build_scripted_model(build_tiny_model(out / "tiny"), out / "fake-lm", chain, scale)
 
 
 def write_documents(path: Path, n: int, seed: int = 0) -> int:

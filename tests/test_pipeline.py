@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import tiny_model
 from tools.base import Tool, ToolError
 
 TEMPLATE = (
@@ -24,44 +25,8 @@ CHAIN = [",", "Ġ[", "Ca", "l", "c", "(", "7", ")", "]"]  # each token's success
 
 
 def build_scripted_model(tiny_dir: Path, out: Path, scale: float = 3.0) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tiny_dir)
-    torch.manual_seed(0)
-    hidden = 64
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
-    ids = tok.convert_tokens_to_ids(CHAIN)
-    assert len(set(ids)) == len(CHAIN) and tok.unk_token_id not in ids
-    succ = {a: a for a in range(len(tok))}
-    for a, b in zip(ids, ids[1:] + ids[:1]):
-        succ[a] = b
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        emb = torch.randn(len(tok), hidden)
-        model.model.embed_tokens.weight.copy_(emb)
-        unit = emb / emb.norm(dim=-1, keepdim=True)
-        head = torch.zeros(len(tok), hidden)
-        for a, b in succ.items():
-            head[b] = scale * unit[a]
-        model.lm_head.weight.copy_(head)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    """The tiny model scripted to write ``, [Calc(7)]`` (see tests/tiny_model.py)."""
+    return tiny_model.build_scripted_model(tiny_dir, out, CHAIN, scale)
 
 
 class StubCalc(Tool):

@@ -51,3 +51,45 @@ def build_tiny_model(out_dir: str | Path, vocab_size: int = 300, hidden: int = 3
     model.generation_config.do_sample = False
     model.save_pretrained(out)
     return out
+
+
+def build_scripted_model(tiny_dir: str | Path, out: str | Path, chain: list[str], scale: float = 3.0) -> Path:
+    """A one-layer Llama over the tiny tokenizer whose next token is scripted: each token of ``chain``
+    is followed by the next one (cyclically), every other token by itself.
+
+    Attention and MLP outputs are zeroed, so the logits depend on the current token only; the head
+    puts ``scale`` on the successor's direction. Used by the pipeline tests and the load benchmark to
+    make a model that writes calls (e.g. ``, [Calc(7)]``) without training.
+    """
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = Path(out)
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    torch.manual_seed(0)
+    hidden = 64
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    ids = tok.convert_tokens_to_ids(chain)
+    if len(set(ids)) != len(chain) or tok.unk_token_id in ids:
+        raise ValueError(f"chain tokens are not distinct known tokens: {chain}")
+    succ = {a: a for a in range(len(tok))}
+    for a, b in zip(ids, ids[1:] + ids[:1]):
+        succ[a] = b
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb = torch.randn(len(tok), hidden)
+        model.model.embed_tokens.weight.copy_(emb)
+        unit = emb / emb.norm(dim=-1, keepdim=True)
+        head = torch.zeros(len(tok), hidden)
+        for a, b in succ.items():
+            head[b] = scale * unit[a]
+        model.lm_head.weight.copy_(head)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
