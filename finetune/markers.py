@@ -15,10 +15,17 @@ from pathlib import Path
 
 import torch
 
-from toolformer.call_format import DEFAULT_FORMAT, CallFormat, iter_calls, neutralize, render_call
+from toolformer.call_format import (  # noqa: F401  (load_call_format re-exported)
+    DEFAULT_FORMAT,
+    FORMAT_FILE,
+    CallFormat,
+    iter_calls,
+    load_call_format,
+    neutralize,
+    render_call,
+)
 
 MARKER_FORMAT = CallFormat(start="<API>", end="</API>", arrow="→", accepted_arrows=())
-FORMAT_FILE = "call_format.json"
 
 
 def to_marker_format(text: str, src: CallFormat = DEFAULT_FORMAT, dst: CallFormat = MARKER_FORMAT) -> str:
@@ -69,12 +76,3 @@ def save_call_format(directory: str | Path, fmt: CallFormat) -> None:
     Path(directory, FORMAT_FILE).write_text(
         json.dumps({"start": fmt.start, "end": fmt.end, "arrow": fmt.arrow}, ensure_ascii=False) + "\n",
         encoding="utf-8")
-
-
-def load_call_format(directory: str | Path) -> CallFormat:
-    """The call format a model directory was trained with (the default when it has no file)."""
-    path = Path(directory, FORMAT_FILE)
-    if not path.is_file():
-        return DEFAULT_FORMAT
-    spec = json.loads(path.read_text(encoding="utf-8"))
-    return CallFormat(start=spec["start"], end=spec["end"], arrow=spec["arrow"], accepted_arrows=())

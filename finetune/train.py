@@ -358,7 +358,8 @@ def finetune(
         keep_checkpoints: complete checkpoints to keep (the newest and the best are always kept).
         final_weights: which weights go to OUTPUT: the last step's or the best dev perplexity's.
         mask_results: leave tool results out of the loss (the paper trains on them).
-        marker_tokens: add <API>, </API> and → as new tokens and write calls with them.
+        marker_tokens: add <API>, </API> and → as new tokens and write calls with them (such models
+            are not yet supported by `toolformer generate`, which refuses them).
         lora: train a LoRA adapter and merge it into the saved model.
         lora_rank: LoRA rank.
         lora_alpha: LoRA scaling numerator.

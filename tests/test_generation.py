@@ -496,3 +496,21 @@ def test_real_model_calls_the_calculator_inline(real_model_dir):
     ref = model.generate(**enc, max_new_tokens=8, do_sample=False, suppress_tokens=[api])
     assert gen_off.generate(prompts[1:])[0].text == tok.decode(ref[0, enc.input_ids.shape[1]:],
                                                                skip_special_tokens=True)
+
+
+def test_models_trained_with_marker_tokens_are_refused_loudly(tiny_model_dir, tmp_path):
+    import shutil
+
+    from finetune.markers import MARKER_FORMAT, save_call_format
+    from toolformer.errors import UserError
+    from toolformer.generation import generate_command
+    from toolformer.models import load_model
+
+    marked = tmp_path / "marked"
+    shutil.copytree(tiny_model_dir, marked)
+    save_call_format(marked, MARKER_FORMAT)
+    model, tok = load_model(str(marked), device="cpu")
+    with pytest.raises(ValueError, match="trained with the call markers <API> → </API>"):
+        ToolGenerator(model, tok, {})
+    with pytest.raises(UserError, match="finetune --marker-tokens"):
+        generate_command(["2 + 2 ="], model=str(marked), max_new_tokens=2)

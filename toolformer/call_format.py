@@ -34,8 +34,10 @@ close a call.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Collection, Iterator
 
 ARROW_ALTERNATIVES = ("→",)
@@ -280,3 +282,15 @@ def strip_calls(text: str, fmt: CallFormat = DEFAULT_FORMAT) -> str:
         last = end
     out.append(text[last:])
     return "".join(out)
+
+
+FORMAT_FILE = "call_format.json"  # written beside the tokenizer by `finetune --marker-tokens`
+
+
+def load_call_format(directory: str | Path) -> CallFormat:
+    """The call format a model directory was trained with (the default when it has no file)."""
+    path = Path(directory, FORMAT_FILE)
+    if not path.is_file():
+        return DEFAULT_FORMAT
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    return CallFormat(start=spec["start"], end=spec["end"], arrow=spec["arrow"], accepted_arrows=())

@@ -57,7 +57,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from toolformer.call_format import DEFAULT_FORMAT, UNTERMINATED, CallFormat, parse_calls, strip_calls
+from toolformer.call_format import (
+    DEFAULT_FORMAT,
+    UNTERMINATED,
+    CallFormat,
+    load_call_format,
+    parse_calls,
+    strip_calls,
+)
 from toolformer.errors import UserError
 from tools.base import CallContext, Tool
 from tools.executor import ToolExecutor, ToolOutcome
@@ -200,6 +207,13 @@ class ToolGenerator:
         self.config = config or GenerationConfig()
         self.logits_processor = logits_processor
         self.fmt = fmt
+        trained = load_call_format(getattr(tokenizer, "name_or_path", "") or ".")
+        if (trained.start, trained.arrow, trained.end) != (fmt.start, fmt.arrow, fmt.end):
+            # A model fine-tuned with --marker-tokens writes <API> ... → ... </API>; the decode loop
+            # triggers on the single token " " + start, which such a tokenizer does not have.
+            raise ValueError(f"{tokenizer.name_or_path} was trained with the call markers "
+                             f"{trained.start} {trained.arrow} {trained.end} (finetune --marker-tokens); "
+                             "generation supports only the text markers ' [', '->', ']' so far")
         api_ids = tokenizer(" " + fmt.start, add_special_tokens=False).input_ids
         if len(api_ids) != 1:
             raise ValueError(f"{' ' + fmt.start!r} must be one token in this tokenizer, got {api_ids}")
@@ -552,7 +566,10 @@ def generate_command(prompt: list[str], model: str = "smollm2-135m", max_new_tok
         raise UserError("a prompt is empty")
     tool_map = {} if no_tools else build_tools(names, index)
     lm, tok = load_model(model, device=device, dtype=dtype)
-    generator = ToolGenerator(lm, tok, tool_map, config)
+    try:
+        generator = ToolGenerator(lm, tok, tool_map, config)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     context = CallContext(date=when)
     show = show_calls and not hide_calls
     if not json and len(prompt) == 1:  # one prompt: stream it as it is written

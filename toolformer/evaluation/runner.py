@@ -25,6 +25,7 @@ from typing import Any
 
 from toolformer.call_format import parse_calls, strip_calls
 from toolformer.evaluation.datasets import Example
+from toolformer.errors import UserError
 from toolformer.evaluation.dates import format_today
 from toolformer.evaluation.perplexity import perplexity
 from toolformer.evaluation.scoring import score_cloze, score_date, score_math
@@ -140,7 +141,10 @@ def make_generator(model, tokenizer, tools: Mapping[str, Tool], use_tools: bool,
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, top_k_trigger=TOP_K_TRIGGER, max_calls=MAX_CALLS,
                               use_tools=use_tools, stop_at_newline=True)
-    return ToolGenerator(model, tokenizer, tools, config)
+    try:
+        return ToolGenerator(model, tokenizer, tools, config)
+    except ValueError as e:  # e.g. a model trained with marker tokens
+        raise UserError(str(e)) from None
 
 
 def run_generation_condition(
