@@ -33,3 +33,14 @@ def real_model_dir() -> Path:
     from toolformer.models import DEFAULT_MODEL, fetch_model
 
     return fetch_model(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny-model tests on one torch thread (faster than two on a shared 2-core box)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

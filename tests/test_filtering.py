@@ -15,19 +15,15 @@ from toolformer.filtering import (
     weighted_loss,
 )
 
+# Tiny models are latency-bound: extra threads only contend on a 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Vocabulary of the hand-set model: 0 start, 1 pad, 2 "A", 3 "B", 4 result token R, 5 call token C.
 START, PAD, A, B, R, C = range(6)
 V = 8
 W = [1 / 3, 4 / 15, 1 / 5, 2 / 15, 1 / 15]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models are latency-bound: extra threads only contend on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class HandSetModel(torch.nn.Module):

@@ -28,14 +28,10 @@ from tests.tiny_model import TRAINING_LINES
 from toolformer.errors import UserError
 from toolformer.models import load_model
 
+# Tiny models are latency-bound: extra threads only contend on a 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matrices: thread hand-off costs more than the maths (10x slower with 2 threads on a busy box).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
 
 
 @pytest.fixture()

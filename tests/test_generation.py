@@ -27,14 +27,10 @@ from toolformer.generation import (
 )
 from tools.base import CallContext, Tool, ToolError
 
+# Tiny models are latency-bound: extra threads only contend on a 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model's matmuls are too small to split; on a busy 2-core machine threads cost 100x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
 
 
 BIAS = 1000.0  # added to a planned token; masking " [" then leaves the model's own ranking

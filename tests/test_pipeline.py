@@ -13,7 +13,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests import tiny_model
 from tools.base import Tool, ToolError
@@ -21,6 +20,9 @@ from tools.base import Tool, ToolError
 TEMPLATE = (
     "Add calls to a Calc API.\nInput: A, [Calc(7)] B.\nOutput: A, [Calc(7)] B.\nInput: {input}\nOutput:"
 )
+
+# Tiny models are latency-bound: extra threads only contend on a 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 CHAIN = [",", "Ġ[", "Ca", "l", "c", "(", "7", ")", "]"]  # each token's successor is the next (cyclic)
 
 
@@ -126,13 +128,6 @@ def reset_stub():
     yield
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny models are latency-bound: extra threads only contend on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 MANY = [{"doc_id": f"d{n}", "text": f"Item {n}, then {n + 1}, done."} for n in range(8)]

@@ -23,15 +23,12 @@ TEMPLATE = (
     "Your task is to add calls to a Calculator API.\nInput: Out of 1400 participants, 400 passed.\n"
     "Output: Out of 1400 participants, 400 ([Calculator(400 / 1400)] 29%) passed.\nInput: {input}\nOutput:"
 )
+
+# Tiny models are latency-bound: extra threads only contend on a 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 DOCS = ["He paid 18 + 12 * 3 = 54 dollars.", "In 2019 the town had 1,280 people; in 2020 it had 1,350."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

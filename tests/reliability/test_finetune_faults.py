@@ -29,13 +29,10 @@ from tests.reliability.conftest import REPO, subprocess_env
 from tests.reliability.finetune_victim import config
 from tests.tiny_model import TRAINING_LINES
 
+# Tiny models are latency-bound: extra threads only contend on a 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the victim subprocess uses one thread too: same reductions
-    yield
-    torch.set_num_threads(before)
+
 
 
 @pytest.fixture(scope="module")

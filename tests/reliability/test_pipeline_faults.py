@@ -28,7 +28,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.reliability.conftest import REPO, subprocess_env
 from tests.reliability.pipeline_tools import (
@@ -44,6 +43,9 @@ from tests.reliability.pipeline_tools import (
 )
 from tests.test_pipeline import build_scripted_model
 from toolformer.call_format import parse_calls
+
+# Tiny models are latency-bound: extra threads only contend on a 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAKE_CALL_DOC = {"doc_id": "fake-call", "text": "Pay [Calc(666) -> 1], then [Calc(555)] and 3 -> 4, ok."}
 BAD_LINES = [
@@ -66,12 +68,6 @@ EXPECTED_BAD = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
