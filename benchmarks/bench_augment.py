@@ -1,6 +1,6 @@
 """Benchmark: the pipeline's sampling + filtering against the naive way, measured in the same run.
 
-    python benchmarks/bench_augment.py [--docs 3] [--window 48] [--data /work/shared/data/gsm8k/train.jsonl]
+    python benchmarks/bench_augment.py [--docs 3] [--windows 32 16] [--data /work/shared/data/gsm8k/train.jsonl]
 
 Both ways run the real default model (fp32, CPU) and the Calculator on the same GSM8K train
 documents (question + worked answer, annotations removed), k = 5 positions, m = 5 samples,
@@ -223,7 +223,9 @@ def summary(name: str, res: dict, n_docs: int, flops: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--docs", type=int, default=3)
-    ap.add_argument("--window", type=int, default=32, help="W for the windowed run (tokens)")
+    ap.add_argument(
+        "--windows", type=int, nargs="*", default=[32, 16], help="W of the windowed runs (tokens)"
+    )
     ap.add_argument("--data", default="/work/shared/data/gsm8k/train.jsonl")
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -247,35 +249,49 @@ def main() -> None:
     counter = FlopCounter(am.model)
     rows = []
     # The window setting cuts the filter's left context to W tokens (FilterJob passes cover
-    # x[i-W:i+5] instead of x[0:i+5]); scoring and sampling still see the whole document.
-    for name, window, ctx in (
-        ("ours-exact", 100_000, None),
-        (f"ours-window{args.window}", 100_000, args.window),
-    ):
+    # x[i-W:i+5] instead of x[0:i+5]); scoring and sampling still see the whole document, so the
+    # candidates are the same and only their losses (and so the kept calls) can change.
+    runs = [("ours-exact", None)] + [(f"ours-window{w}", w) for w in args.windows]
+    for name, ctx in runs:
         am.context_window = ctx
         counter.flops = 0.0
-        res = run_ours(am, docs, executor, window)
+        res = run_ours(am, docs, executor, 100_000)
         rows.append(summary(name, res, len(docs), counter.flops))
-        if name == "ours-exact":
+        if ctx is None:
             exact = res
             kept = [
                 (c["doc_id"], c["position"], c["call"], c["result"]) for c in res["candidates"] if c["kept"]
             ]
             print(json.dumps({"kept_calls_exact": kept}))
-        else:
-            ours_kept = {(c["doc_id"], c["position"], c["call"]) for c in exact["candidates"] if c["kept"]}
-            win_kept = {(c["doc_id"], c["position"], c["call"]) for c in res["candidates"] if c["kept"]}
-            print(
-                json.dumps(
-                    {
-                        "window_vs_exact": {
-                            "kept_exact": len(ours_kept),
-                            "kept_window": len(win_kept),
-                            "kept_both": len(ours_kept & win_kept),
-                        }
+            continue
+        key = lambda c: (c["doc_id"], c["position"], c["call"])
+        ex = {key(c): c for c in exact["candidates"]}
+        win = {key(c): c for c in res["candidates"]}
+        both = sorted(set(ex) & set(win))
+        delta = lambda c: c["loss_minus"] - c["loss_plus"]
+        print(
+            json.dumps(
+                {
+                    "window_vs_exact": {
+                        "window": ctx,
+                        "candidates_exact": len(ex),
+                        "candidates_window": len(win),
+                        "max_abs_delta_change": round(
+                            max((abs(delta(ex[k]) - delta(win[k])) for k in both), default=0.0), 4
+                        ),
+                        # kept by the exact filter / by the window filter / by both, at several tau_f
+                        "kept_exact_window_both": {
+                            tau: [
+                                sum(delta(ex[k]) >= tau for k in both),
+                                sum(delta(win[k]) >= tau for k in both),
+                                sum(delta(ex[k]) >= tau and delta(win[k]) >= tau for k in both),
+                            ]
+                            for tau in (0.0, 0.1, 0.25, 0.5, 1.0)
+                        },
                     }
-                )
+                }
             )
+        )
     # exactness: the naive three-pass filter on our candidates gives our losses
     diffs = []
     for c in exact["candidates"][:8]:

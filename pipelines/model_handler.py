@@ -130,7 +130,6 @@ class AugmentModel:
                         for i in positions
                         for j in range(s["m"])
                     ]
-                width = scored.mask.shape[1]
                 samples = sample_calls(
                     self.model,
                     scored,
@@ -140,7 +139,7 @@ class AugmentModel:
                     self.abandoning,
                     s["max_call_tokens"],
                     s["temperature"],
-                    max_rows=max(1, 4 * self.max_batch_tokens // width),
+                    max_cache_tokens=16 * self.max_batch_tokens,
                     viable=call_start_check(self.tokenizer, tool),
                 )
                 t2 = time.perf_counter()

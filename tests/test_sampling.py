@@ -29,8 +29,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 DOCS = ["He paid 18 + 12 * 3 = 54 dollars.", "In 2019 the town had 1,280 people; in 2020 it had 1,350."]
 
 
-
-
 @pytest.fixture(scope="module")
 def setup(tiny_model):
     model, tok = tiny_model
@@ -91,7 +89,9 @@ def test_sample_calls_equal_from_scratch_decoding_and_ignore_neighbours(setup):
     requests = [
         SampleRequest(b, i, stable_seed(0, b, i, s)) for b in (0, 1) for i in (0, 4, 9) for s in range(2)
     ]
-    together = sample_calls(model, scored, requests, api, closing, abandoning, max_new_tokens=12, max_rows=5)
+    together = sample_calls(
+        model, scored, requests, api, closing, abandoning, max_new_tokens=12, max_cache_tokens=1
+    )
     for req, got in zip(requests, together):
         seq = prompt.head_ids + mids[req.row] + texts[req.row][: req.position] + [api]
         assert got == _reference_sample(model, seq, req.seed, closing, abandoning, 12)
@@ -169,3 +169,37 @@ def test_call_start_check(tiny_model):
     enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]
     assert viable(enc("Ca")) and viable(enc("Calc(7")) and viable(enc("Calc(7)]"))
     assert not viable(enc("Cx")) and not viable(enc("7"))
+
+
+def test_samples_of_a_position_share_rows_until_they_differ(setup):
+    """m samples of a position decode as one row until their draws differ: the first step costs
+    one row per position, and forks never exceed one row per sample; samples are unchanged."""
+    model, tok, prompt, api, mids, texts = setup
+    closing, abandoning = stop_token_ids(tok)
+    scored = score_positions(model, prompt, mids, texts, api, tok.pad_token_id)
+    requests = [
+        SampleRequest(b, i, stable_seed(2, b, i, s)) for b in (0, 1) for i in (1, 3, 5) for s in range(4)
+    ]
+    rows: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda m, a, k: rows.append(k["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        shared = sample_calls(model, scored, requests, api, closing, abandoning, max_new_tokens=12)
+    finally:
+        hook.remove()
+    assert rows[0] == 6  # six positions, 24 samples
+    assert max(rows) <= 24 and sum(rows) < 24 * len(rows)
+    for req, got in zip(requests, shared):
+        seq = prompt.head_ids + mids[req.row] + texts[req.row][: req.position] + [api]
+        assert got == _reference_sample(model, seq, req.seed, closing, abandoning, 12)
+
+
+def test_place_children_keeps_rows_and_fills_holes():
+    from toolformer.sampling import _place_children
+
+    # child j continues row parents[j]; first children keep their rows, forks fill the holes
+    assert _place_children([0, 1, 2]) == ([0, 1, 2], [])
+    assert _place_children([2]) == ([0], [(0, 2)])
+    assert _place_children([0, 0, 3]) == ([0, 1, 2], [(1, 0), (2, 3)])
+    assert _place_children([1, 1, 1]) == ([1, 0, 2], [(0, 1), (2, 1)])
