@@ -18,7 +18,7 @@ import torch
 from apache_beam.ml.inference.base import ModelHandler
 
 from toolformer.call_format import render_call
-from toolformer.filtering import FilterJob, filter_losses
+from toolformer.filtering import FilterJob, batches_by_tokens, filter_losses
 from toolformer.insertion import char_position
 from toolformer.models import ModelError, load_model
 from toolformer.sampling import (
@@ -83,17 +83,6 @@ class AugmentModel:
         enc = self.tokenizer(" " + text, add_special_tokens=False, return_offsets_mapping=True)
         return enc["input_ids"], enc["offset_mapping"]
 
-    def _chunks(self, lengths: Sequence[int], extra: int = 0) -> list[list[int]]:
-        """Indices (longest first) grouped so rows x (longest + extra) stays within the budget."""
-        order = sorted(range(len(lengths)), key=lambda k: (-lengths[k], k))
-        out: list[list[int]] = []
-        for k in order:
-            if out and (len(out[-1]) + 1) * (lengths[out[-1][0]] + extra) <= self.max_batch_tokens:
-                out[-1].append(k)
-            else:
-                out.append([k])
-        return out
-
     def sample(self, units: list[dict]) -> list[dict]:
         """Score positions and sample calls for each unit ``{"doc_id", "tool", "offset", "text",
         "seed"}``; returns per unit its kept positions, parsed unique candidates and counts."""
@@ -109,7 +98,9 @@ class AugmentModel:
                 self.tokenizer(prompt.parts.middle(units[n]["text"]), add_special_tokens=False)["input_ids"]
                 for n in members
             ]
-            for chunk in self._chunks([len(m) + len(e[0]) for m, e in zip(mids, enc)]):
+            for chunk in batches_by_tokens(
+                [len(m) + len(e[0]) for m, e in zip(mids, enc)], self.max_batch_tokens
+            ):
                 t0 = time.perf_counter()
                 scored = score_positions(
                     self.model,

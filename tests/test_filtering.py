@@ -24,8 +24,6 @@ V = 8
 W = [1 / 3, 4 / 15, 1 / 5, 2 / 15, 1 / 15]
 
 
-
-
 class HandSetModel(torch.nn.Module):
     """log p(next) depends only on which of R / C occurred before: uniform 1/8 by default;
     after R: p(B) = 0.5 (the rest 0.5/7); after C without R: p(A) = 0.5 (the rest 0.5/7).
@@ -108,6 +106,9 @@ def test_context_window_changes_nothing_when_the_model_ignores_distance():
 def test_batches_by_tokens_respects_the_budget():
     assert batches_by_tokens([3, 10, 4, 9], 20) == [[1, 3], [2, 0]]
     assert batches_by_tokens([30], 20) == [[0]]  # a row longer than the budget goes alone
+    # rows much shorter than their batch's longest start a batch of their own
+    assert batches_by_tokens([300, 250, 160, 165], 4096) == [[0], [1], [3, 2]]
+    assert batches_by_tokens([300, 250, 160, 165], 4096, pad_slack=1000) == [[0, 1, 3, 2]]
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
