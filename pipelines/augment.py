@@ -6,8 +6,16 @@
     toolformer refilter runs/r1 runs/r1-tau1 --tau-f calculator=1.0
 
 Steps (each a labelled transform; logic in pipelines/stages.py and toolformer/{sampling,filtering}):
-ReadDocs -> SelectPart -> DedupeIds -> Route -> ScoreAndSample (RunInference) -> CountSamples ->
-Execute -> Filter (RunInference) -> CandidateRecords -> JoinByDoc -> Merge -> Write*.
+ReadDocs -> SelectPart -> DedupeIds -> Route -> [JoinJournal -> Resume, on a resumed part] ->
+ScoreAndSample (RunInference) -> CountSamples -> Execute -> Filter (RunInference) ->
+CandidateRecords -> FinishUnit (counts, journals) -> JoinByDoc -> Merge -> Write*.
+
+Resume. Each unit (document x tool x token window) is journaled by FinishUnit as soon as its
+model work and tool calls are done, before the join by document (a barrier: nothing after it runs
+until all model work is finished). ``--resume`` keeps an unfinished part's journal; the part's new
+run joins the routed units with it, recomputes only the units not journaled, and replays the
+journaled ones (records, dead letters, counts) through FinishUnit, so the records and stats.json
+equal an uninterrupted run's.
 
 Runners. The default is ``--runner=FnApiRunner`` (the DirectRunner first tries to download Prism);
 it honours ``--direct_num_workers=N --direct_running_mode=multi_threading|multi_processing``
@@ -20,7 +28,8 @@ installed). The model reaches the workers by name: every worker calls ``load_mod
 into the worker image, or point --model at a shared file system); ``--override large_model=true``
 loads one copy per machine shared by its worker processes. Outputs go through Beam's file sinks,
 so ``--output`` may be any Beam file system path the runner can write (run-directory bookkeeping
-— markers, stats, resume — uses the local file system, so run the launcher where DIR is mounted).
+— markers, stats, resume — uses the local file system, so run the launcher where DIR is mounted;
+workers write and read the journal through Beam's file systems).
 """
 
 from __future__ import annotations
@@ -43,17 +52,23 @@ from pipelines.model_handler import AugmentModelHandler
 from pipelines.settings import RunSettings, build_settings
 from pipelines.stages import (
     DEAD,
+    FINISHED,
     NAMESPACE,
+    RESUMED,
     CandidateRecordsFn,
     CountSamplesFn,
     ExecuteFn,
+    FinishUnitFn,
     MergeFn,
+    ReadJournalFn,
     RouteFn,
     count,
     in_part,
     merge_document,
     record_seconds,
+    resume_unit,
     unique_document,
+    unit_key,
 )
 from toolformer.call_format import strip_calls
 from toolformer.errors import UserError
@@ -221,7 +236,9 @@ def build_pipeline(
     part: int,
     settings: RunSettings,
     tools: dict[str, Any],
+    journal: list[str] | None = None,
 ) -> None:
+    """Add one part's run to ``p``; ``journal`` lists the part's journal files to replay (resume)."""
     files, dirs = inputs
     per_tool = tools["settings"]
 
@@ -276,19 +293,39 @@ def build_pipeline(
             settings.seed,
         )
     )
+    if journal:
+        journaled = p | "JournalFiles" >> beam.Create(journal) | "ReadJournal" >> beam.ParDo(ReadJournalFn())
+        joined = (
+            {"units": units | "UnitsByKey" >> beam.Map(lambda u: (unit_key(u), u)), "journal": journaled}
+            | "JoinJournal" >> beam.CoGroupByKey()
+            | "Resume" >> beam.FlatMap(resume_unit).with_outputs(RESUMED, main="units")
+        )
+        units = joined.units
     sampled = (
         units
         | "ScoreAndSample" >> RunInference(handler("sample"))
-        | "CountSamples" >> beam.ParDo(CountSamplesFn())
+        | "CountSamples" >> beam.ParDo(CountSamplesFn()).with_outputs(FINISHED, main="units")
     )
-    executed = sampled | "Execute" >> beam.ParDo(
+    executed = sampled.units | "Execute" >> beam.ParDo(
         ExecuteFn(tools["specs"], tools["config"], settings.tool_retries)
-    ).with_outputs(DEAD, main="units")
-    records = (
-        executed.units
+    )
+    filtered = (
+        executed
         | "Filter" >> RunInference(handler("filter"))
         | "CandidateRecords" >> beam.ParDo(CandidateRecordsFn({n: s["tau_f"] for n, s in per_tool.items()}))
     )
+    # One FinishUnit per branch, no Flatten before it: a Flatten can end a fused stage (the local
+    # runner then finishes all model work before journaling anything).
+    journal_dir = rundir.journal_dir(out, part)
+    branches = [("FinishUnit", filtered, journal_dir), ("FinishNoCandidates", sampled[FINISHED], journal_dir)]
+    if journal:  # journaled units: counted and emitted again, not journaled again
+        branches.append(("FinishResumed", joined[RESUMED], None))
+    unit_records, unit_dead = [], []
+    for label, pcoll, folder in branches:
+        finished = pcoll | label >> beam.ParDo(FinishUnitFn(folder)).with_outputs(DEAD, main="records")
+        unit_records.append(finished.records)
+        unit_dead.append(finished[DEAD])
+    records = unit_records | "AllRecords" >> beam.Flatten()
     texts = (
         {
             "docs": docs | "DocsById" >> beam.Map(lambda d: (d["doc_id"], d)),
@@ -297,7 +334,7 @@ def build_pipeline(
         | "JoinByDoc" >> beam.CoGroupByKey()
         | "Merge" >> beam.ParDo(MergeFn())
     )
-    errors = (bad, deduped[DEAD], executed[DEAD]) | "AllDeadLetters" >> beam.Flatten()
+    errors = (bad, deduped[DEAD], *unit_dead) | "AllDeadLetters" >> beam.Flatten()
 
     texts_schema, cands_schema = parquet_schemas()
     texts | "WriteTexts" >> WriteRecords(out, "texts", part, settings.num_shards, texts_schema, _text_row)
@@ -415,13 +452,17 @@ def run_augment(
     for part in todo:
         t0 = time.perf_counter()
         p = beam.Pipeline(options=pipeline_options(extra_args, save_main_session))
-        build_pipeline(p, split, str(out), part, settings, tools)
+        journal = rundir.journal_files(out, part)
+        if journal:
+            log.info("part %d: replaying %d journal file(s) of an interrupted run", part, len(journal))
+        build_pipeline(p, split, str(out), part, settings, tools, journal)
         result = p.run()
         result.wait_until_finish()
         flat = metrics_of(result)
         flat["wall_ms"] = (time.perf_counter() - t0) * 1000
         check_failure_ratio(flat, list(tools["specs"]), settings, str(out))
         rundir.mark_done(out, part, flat)
+        rundir.drop_journal(out, part)
     if (out / rundir.SUCCESS).exists():
         return result, json.loads((out / "stats.json").read_text(encoding="utf-8"))
     total: dict[str, float] = {}
@@ -461,7 +502,8 @@ def augment(
         index: WikiSearch index directory.
         limit: process at most this many documents (the smallest ids).
         seed: sampling seed (default 0); records depend only on it, not on order or workers.
-        resume: continue an interrupted run in --output (skips finished parts).
+        resume: continue an interrupted run in --output (skips finished parts, and inside an
+            unfinished part the units -- document x tool x token window -- already journaled).
         text_field: the input field holding the text (default text).
         parts: split the documents into this many resumable parts (default 1).
         context_window: cut the filter's left context to this many tokens (speed; not the paper).

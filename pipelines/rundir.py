@@ -6,11 +6,15 @@ Layout of ``DIR`` (``toolformer augment --output DIR``)::
     texts-p0000-00000-of-00001.jsonl, candidates-p0000-*.jsonl, errors-p0000-*.jsonl
     texts-p0000-*.parquet, candidates-p0000-*.parquet
     .parts/p0000.done             written after part 0's files: their sha256 and the part's metrics
+    .journal/p0000/<uuid4>.jsonl  part 0's finished units while it runs (deleted once it is done)
     stats.json, _SUCCESS          written last, when every part is done
 
 Documents are split into parts by a stable hash of their id; each part is one Beam run. A killed
 run leaves parts without a marker (or files whose hash no longer matches: a torn shard); resume
 deletes those files and the runner's orphaned ``beam-temp-*`` folders and redoes only those parts.
+Inside a part, every finished unit (document x tool x token window) is journaled as it finishes
+(``pipelines.stages.FinishUnitFn``); resume keeps an unfinished part's journal, and the part's
+new run replays the journaled units instead of recomputing them.
 """
 
 from __future__ import annotations
@@ -26,10 +30,31 @@ from toolformer.errors import UserError
 
 KINDS = ("texts", "candidates", "errors")
 SUCCESS = "_SUCCESS"
+JOURNAL = ".journal"
 
 
 def part_name(part: int) -> str:
     return f"p{part:04d}"
+
+
+def journal_dir(out: str | Path, part: int) -> str:
+    """Where part ``part``'s workers journal its finished units (a folder of ``*.jsonl``)."""
+    return f"{out}/{JOURNAL}/{part_name(part)}"
+
+
+def journal_files(out: Path, part: int) -> list[str]:
+    """The journal files a resumed part replays, listed once on the launcher before it starts
+    (the files the new run writes have new names, so it never reads its own journal)."""
+    return sorted(str(p) for p in Path(journal_dir(out, part)).glob("*.jsonl") if p.is_file())
+
+
+def drop_journal(out: Path, part: int) -> None:
+    """Delete a done part's journal (its units are in the part's verified files now)."""
+    shutil.rmtree(journal_dir(out, part), ignore_errors=True)
+    try:
+        (out / JOURNAL).rmdir()  # only once it is empty
+    except OSError:
+        pass
 
 
 def part_files(out: Path, part: int) -> list[Path]:
@@ -87,8 +112,10 @@ def prepare(out: str | Path, settings_json: dict, resume: bool, parts: int) -> l
         orphan.unlink()
     todo = []
     for part in range(parts):
-        if not part_done(out, part):
-            for f in part_files(out, part):
+        if part_done(out, part):
+            drop_journal(out, part)  # killed between its marker and the journal's deletion
+        else:
+            for f in part_files(out, part):  # its journal stays: the part's new run replays it
                 f.unlink()
             todo.append(part)
     return todo

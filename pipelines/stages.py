@@ -1,14 +1,24 @@
 """The pipeline's steps as plain functions, with the small DoFns that run them inside Beam.
 
-Route -> (ScoreAndSample: RunInference) -> Execute -> (Filter: RunInference) -> Merge. Each
-function takes and returns plain dicts so tests call it without Beam; each DoFn only counts
-metrics and routes outputs (main or dead letter). Built into a pipeline by ``pipelines/augment.py``.
+Route -> (ScoreAndSample: RunInference) -> Execute -> (Filter: RunInference) -> FinishUnit ->
+Merge. Each function takes and returns plain dicts so tests call it without Beam; each DoFn only
+counts metrics and routes outputs (main or dead letter). Built into a pipeline by
+``pipelines/augment.py``.
+
+A *unit* is one (document, tool, token window). Its outcome -- candidate records, dead letters of
+failed calls, and its counts -- travels with it to ``FinishUnitFn``, which adds the counts to the
+Beam counters and appends the outcome as one line to the run's resume journal before any barrier
+(the join by document waits for all model work). A resumed run replays journaled units through the
+same ``FinishUnitFn`` instead of recomputing them, so its records and counts equal an
+uninterrupted run's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,6 +32,10 @@ from toolformer.sampling import stable_seed
 
 NAMESPACE = "toolformer"
 DEAD = "dead_letter"
+FINISHED = "finished"  # a unit's outcome (no candidates: it skips Execute and Filter)
+RESUMED = "resumed"  # a journaled unit's outcome, replayed instead of recomputed
+JOURNAL_ROTATE_UNITS = 200  # a journal file is closed (committed, on object stores) after this many
+JOURNAL_ROTATE_S = 60.0  # ... units or seconds, and at the end of every bundle
 
 
 def count(name: str, n: int = 1) -> None:
@@ -31,6 +45,15 @@ def count(name: str, n: int = 1) -> None:
 
 def record_seconds(stage: str, seconds: float) -> None:
     Metrics.distribution(NAMESPACE, f"time_ms:{stage}").update(round(seconds * 1000))
+
+
+def add_counts(counts: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:
+    """``counts`` plus ``more``, zeros left out (a zero is never a counter: the totals match)."""
+    out = dict(counts)
+    for k, v in more.items():
+        if v:
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def in_part(key: str, part: int, parts: int) -> bool:
@@ -124,25 +147,50 @@ class RouteFn(beam.DoFn):
 # --- After sampling ---------------------------------------------------------------------------
 
 
+def unit_key(unit: Mapping[str, Any]) -> tuple[str, str, int]:
+    """What identifies a unit across runs: (document id, tool, window offset)."""
+    return unit["doc_id"], unit["tool"], unit["offset"]
+
+
 def attach_samples(unit: dict, sampled: dict) -> dict:
     """The unit with its unique parsed candidates (what Execute needs)."""
     return {**unit, "candidates": sampled["candidates"]}
 
 
+def sample_counts(unit: dict, sampled: dict) -> dict[str, int]:
+    """The sampling step's counts of one unit, as counter name -> increment."""
+    tool = unit["tool"]
+    return add_counts(
+        {},
+        {
+            f"positions:{tool}": len(sampled["positions"]),
+            f"samples:{tool}": sampled["samples"],
+            f"unterminated:{tool}": sampled["unterminated"],
+            f"unparsed:{tool}": sampled["unparsed"],
+            f"duplicates:{tool}": sampled["duplicates"],
+            f"candidates:{tool}": len(sampled["candidates"]),
+        },
+    )
+
+
+def finished_unit(unit: dict, records: list[dict], dead: list[dict], counts: Mapping[str, int]) -> dict:
+    """A unit's outcome, as FinishUnitFn takes it and the journal stores it (plain JSON data)."""
+    return {"key": list(unit_key(unit)), "records": records, "dead": dead, "counts": dict(counts)}
+
+
 class CountSamplesFn(beam.DoFn):
+    """Attach the unit's sampling counts; a unit without candidates is finished here (tagged
+    ``FINISHED``: it needs no tool call and no losses)."""
+
     def process(self, pair):
         unit, sampled = pair
-        tool = unit["tool"]
-        count(f"positions:{tool}", len(sampled["positions"]))
-        count(f"samples:{tool}", sampled["samples"])
-        count(f"unterminated:{tool}", sampled["unterminated"])
-        count(f"unparsed:{tool}", sampled["unparsed"])
-        count(f"duplicates:{tool}", sampled["duplicates"])
-        count(f"candidates:{tool}", len(sampled["candidates"]))
+        counts = sample_counts(unit, sampled)
         record_seconds("score_positions", sampled["timing"]["score_s"])
         record_seconds("sample_calls", sampled["timing"]["sample_s"])
         if sampled["candidates"]:
-            yield attach_samples(unit, sampled)
+            yield {**attach_samples(unit, sampled), "counts": counts}
+        else:
+            yield beam.pvalue.TaggedOutput(FINISHED, finished_unit(unit, [], [], counts))
 
 
 # --- Execute ----------------------------------------------------------------------------------
@@ -183,7 +231,19 @@ def execute_candidates(unit: dict, executor, retries: int = 2) -> tuple[dict, li
     return {**unit, "candidates": out}, dead
 
 
+def execute_counts(unit: dict) -> dict[str, int]:
+    """Executed calls and failures by reason (``tool_failures:<tool>:<reason>``) of an executed unit."""
+    tool = unit["tool"]
+    counts = {f"executed:{tool}": len(unit["candidates"])}
+    for c in unit["candidates"]:
+        if c["error"] is not None:
+            counts = add_counts(counts, {f"tool_failures:{tool}:{c['error']}": 1})
+    return counts
+
+
 class ExecuteFn(beam.DoFn):
+    """Execute a unit's calls; its dead letters and counts travel on with it to FinishUnit."""
+
     def __init__(self, tool_specs: Mapping[str, str], tool_config: Mapping[str, dict], retries: int):
         self.tool_specs, self.tool_config, self.retries = dict(tool_specs), dict(tool_config), retries
 
@@ -199,14 +259,7 @@ class ExecuteFn(beam.DoFn):
         t0 = time.perf_counter()
         unit, dead = execute_candidates(unit, self.executor, self.retries)
         record_seconds("execute", time.perf_counter() - t0)
-        tool = unit["tool"]
-        count(f"executed:{tool}", len(unit["candidates"]))
-        for c in unit["candidates"]:
-            if c["error"] is not None:
-                count(f"tool_failures:{tool}:{c['error']}")
-        for d in dead:
-            yield beam.pvalue.TaggedOutput(DEAD, d)
-        yield unit
+        yield {**unit, "counts": add_counts(unit["counts"], execute_counts(unit)), "dead": dead}
 
 
 # --- Filter -----------------------------------------------------------------------------------
@@ -254,8 +307,125 @@ class CandidateRecordsFn(beam.DoFn):
         unit, filtered = pair
         record_seconds("filter", filtered["seconds"])
         records = candidate_records(unit, filtered["losses"], self.tau_f[unit["tool"]])
-        count(f"kept:{unit['tool']}", sum(r["kept"] for r in records))
-        yield from records
+        counts = add_counts(unit["counts"], {f"kept:{unit['tool']}": sum(r["kept"] for r in records)})
+        yield finished_unit(unit, records, unit["dead"], counts)
+
+
+# --- Finish (and the resume journal) ----------------------------------------------------------
+
+
+def journal_line(finished: dict) -> bytes:
+    """One journal line: the unit's outcome as ASCII JSON (exact round trip of floats and text)."""
+    return (json.dumps(finished, sort_keys=True) + "\n").encode("ascii")
+
+
+def parse_journal(data: bytes) -> tuple[list[dict], int]:
+    """The units of one journal file, and how many lines were torn or invalid (left out).
+
+    A process killed while writing leaves at most a torn last line; it does not parse, so that
+    unit counts as not done and is recomputed.
+    """
+    entries, torn = [], 0
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            ok = (
+                isinstance(entry, dict)
+                and isinstance(entry.get("key"), list)
+                and len(entry["key"]) == 3
+                and isinstance(entry.get("records"), list)
+                and isinstance(entry.get("dead"), list)
+                and isinstance(entry.get("counts"), dict)
+            )
+        except ValueError:
+            ok = False
+        if ok:
+            entries.append(entry)
+        else:
+            torn += 1
+    return entries, torn
+
+
+def resume_unit(keyed) -> Iterable:
+    """Join of one unit key: the routed unit (main: still to compute) or its journaled outcome
+    (tagged ``RESUMED``). A key journaled twice (a retried bundle) is replayed once: its records
+    are deterministic, so either copy is the same; one no longer routed (stale) is dropped."""
+    _, grouped = keyed
+    units, entries = list(grouped["units"]), list(grouped["journal"])
+    if not units:
+        count("journal_stale", len(entries))
+        return
+    if not entries:
+        yield units[0]
+        return
+    count("units_resumed")
+    count("journal_duplicates", len(entries) - 1)
+    yield beam.pvalue.TaggedOutput(RESUMED, entries[0])
+
+
+class ReadJournalFn(beam.DoFn):
+    """The journaled units of one journal file, keyed by unit key; torn lines counted."""
+
+    def process(self, path: str):
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(path) as f:
+            entries, torn = parse_journal(f.read())
+        count("journal_torn", torn)
+        for entry in entries:
+            yield tuple(entry["key"]), entry
+
+
+class FinishUnitFn(beam.DoFn):
+    """Count a unit's outcome, journal it (when ``journal_dir`` is set), emit its records (main)
+    and dead letters (``DEAD``).
+
+    The journal is ``journal_dir/<uuid4>.jsonl`` per writer, opened lazily (the DoFn must pickle),
+    each unit written and flushed as it finishes (a SIGKILL loses at most a torn last line), and
+    rotated every ``JOURNAL_ROTATE_UNITS`` units or ``JOURNAL_ROTATE_S`` seconds and at the end of
+    every bundle: an object store commits a file only when it is closed, so there a crash loses
+    the units since the last rotation. Written through Beam's FileSystems (any file system the
+    runner can write). A retried bundle may journal a unit twice; the reader keeps one.
+    """
+
+    def __init__(self, journal_dir: str | None):
+        self.journal_dir = journal_dir
+        self._file = None
+
+    def _write(self, finished: dict) -> None:
+        from apache_beam.io.filesystems import FileSystems
+
+        if self._file is None:
+            path = FileSystems.join(self.journal_dir, f"{uuid.uuid4().hex}.jsonl")
+            self._file, self._units, self._opened = FileSystems.create(path), 0, time.monotonic()
+        self._file.write(journal_line(finished))
+        self._file.flush()
+        self._units += 1
+        if self._units >= JOURNAL_ROTATE_UNITS or time.monotonic() - self._opened >= JOURNAL_ROTATE_S:
+            self._close()
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def process(self, finished: dict):
+        for name, n in finished["counts"].items():
+            count(name, n)
+        if self.journal_dir is not None:
+            self._write(finished)
+            count("units_journaled")
+        for d in finished["dead"]:
+            yield beam.pvalue.TaggedOutput(DEAD, d)
+        yield from finished["records"]
+
+    def finish_bundle(self):
+        self._close()
+
+    def teardown(self):
+        self._close()
 
 
 # --- Merge ------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Covers TESTPLAN E34-35 and F39-47 where they apply: exact records and metrics, failed calls
 dropped/counted/dead-lettered, failure ratio stops the job, bad input records, refusing to
-overwrite a run, resume after a crash with identical records, torn shards, determinism across
-input order / batch size / worker threads, refilter.
+overwrite a run, resume after a crash with identical records (per part, and per unit from the
+journal), torn shards, determinism across input order / batch size / worker threads, refilter.
 """
 
 from __future__ import annotations
@@ -33,14 +33,16 @@ def build_scripted_model(tiny_dir: Path, out: Path, scale: float = 3.0) -> Path:
 
 class StubCalc(Tool):
     """Returns its input; fails (reason "parse") for documents in ``fail_ids``; its heuristic
-    crashes for documents in ``crash_ids`` (a simulated worker crash). Not cached, so every
-    candidate reaches it."""
+    crashes for documents in ``crash_ids`` (a simulated worker crash); once it has answered
+    ``exit_after`` calls, the next one raises SystemExit (the run dies mid-part, like a killed
+    process: nothing catches it). Not cached, so every candidate reaches it."""
 
     name = "Calc"
     deterministic = False
     calls = 0
     fail_ids: frozenset = frozenset()
     crash_ids: frozenset = frozenset()
+    exit_after: int | None = None
 
     @property
     def prompt_template(self) -> str:
@@ -52,6 +54,8 @@ class StubCalc(Tool):
         return "," in document["text"]
 
     def __call__(self, input, context):
+        if type(self).exit_after is not None and type(self).calls >= type(self).exit_after:
+            raise SystemExit(f"simulated exit after {type(self).calls} tool calls")
         type(self).calls += 1
         if context.doc_id in type(self).fail_ids:
             raise ToolError("parse", "unlucky")
@@ -124,10 +128,9 @@ def run(settings_, inputs, out, resume=False, extra=()):
 @pytest.fixture(autouse=True)
 def reset_stub():
     StubCalc.calls, StubCalc.fail_ids, StubCalc.crash_ids = 0, frozenset(), frozenset()
+    StubCalc.exit_after = None
     FailingCalc.calls = 0
     yield
-
-
 
 
 MANY = [{"doc_id": f"d{n}", "text": f"Item {n}, then {n + 1}, done."} for n in range(8)]
@@ -316,6 +319,57 @@ def test_resume_after_crash_then_torn_shard_give_identical_records(scripted_dir,
     run(s, [base_run["input"]], out, resume=True)
     assert read_kind(out, "texts") == read_kind(base_run["out"], "texts")
     assert 0 < StubCalc.calls < base_run["calls"]
+
+
+def journal_entries(out: Path, part: int = 0) -> list[dict]:
+    from pipelines.rundir import journal_files
+    from pipelines.stages import parse_journal
+
+    return [e for f in journal_files(out, part) for e in parse_journal(Path(f).read_bytes())[0]]
+
+
+def without_timings(stats: dict) -> dict:
+    return {k: v for k, v in stats.items() if k not in ("stage_seconds", "wall_seconds")}
+
+
+def test_crash_inside_a_part_then_resume_replays_journaled_units(scripted_dir, base_run, tmp_path):
+    """With one part, a run that dies after some units resumes from the unit journal: the journaled
+    units are not recomputed (their tool calls are not made again), a torn last line and a unit
+    journaled twice are handled, and records and stats.json equal an uninterrupted run's."""
+    from toolformer.errors import UserError
+
+    # Small model batches: units finish (and are journaled) a few at a time, not all at the end.
+    s = settings(scripted_dir, "max_batch_tokens=64")
+    out = tmp_path / "run"
+    StubCalc.exit_after = 12
+    with pytest.raises(SystemExit, match="simulated exit"):
+        run(s, [base_run["input"]], out)
+    assert not (out / "_SUCCESS").exists() and not (out / ".parts" / "p0000.done").exists()
+    [journal] = list((out / ".journal" / "p0000").glob("*.jsonl"))
+    entries = journal_entries(out)
+    assert 2 <= len(entries) < base_run["stats"]["tools"]["Calc"]["windows"]
+    # A crash mid-write leaves a torn last line; a retried bundle journals a unit twice.
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    (journal.parent / "retried.jsonl").write_bytes(lines[0])
+    replayed = entries[:-1]  # the torn unit is recomputed
+
+    with pytest.raises(UserError, match="settings differ from the run in .*: seed"):
+        run(settings(scripted_dir, "max_batch_tokens=64", "seed=5"), [base_run["input"]], out, resume=True)
+    assert journal_entries(out) == replayed + [entries[0]]  # a refused resume leaves the journal
+
+    StubCalc.calls, StubCalc.exit_after = 0, None
+    stats = run(s, [base_run["input"]], out, resume=True)
+    done = json.loads((out / ".parts" / "p0000.done").read_text())["stats"]
+    assert done["units_resumed"] == len(replayed) and done["journal_duplicates"] == 1
+    assert done["journal_torn"] == 1
+    assert done["units_resumed"] + done["units_journaled"] == stats["tools"]["Calc"]["windows"]
+    # Only the units not journaled called the tool (one call per candidate record).
+    assert StubCalc.calls == base_run["calls"] - sum(len(e["records"]) for e in replayed)
+    for kind in ("texts", "candidates", "errors"):
+        assert read_kind(out, kind) == read_kind(base_run["out"], kind)
+    assert without_timings(stats) == without_timings(base_run["stats"])
+    assert not (out / ".journal").exists()  # deleted once the part is done
 
 
 def test_deterministic_across_order_batch_size_and_workers(scripted_dir, base_run, tmp_path):

@@ -6,7 +6,9 @@ a comma) drives them.
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import threading
 from pathlib import Path
 from typing import ClassVar
@@ -18,8 +20,15 @@ SPEC = "tests.reliability.pipeline_tools:RecordingCalc"
 HTTP_SPEC = "tests.reliability.pipeline_tools:HttpCalc"
 
 
+KILL_AT_CALL = "PIPELINE_TOOLS_KILL_AT_CALL"
+
+
 class RecordingCalc(Tool):
-    """Returns its input and records every input it is called with (class-level, per process)."""
+    """Returns its input and records every input it is called with (class-level, per process).
+
+    With the environment variable ``PIPELINE_TOOLS_KILL_AT_CALL=N`` (set for a victim subprocess
+    only), its N-th call SIGKILLs its own process: a real crash at a known point of the run.
+    """
 
     name = "Calc"
     deterministic = False  # every candidate reaches the tool
@@ -36,6 +45,8 @@ class RecordingCalc(Tool):
     def __call__(self, input, context):
         with type(self)._lock:
             type(self).inputs.append(input)
+            if len(type(self).inputs) == int(os.environ.get(KILL_AT_CALL, "0")):
+                os.kill(os.getpid(), signal.SIGKILL)
         if not input.isdigit():
             raise ToolError("parse", f"not a number: {input[:20]!r}")
         return input

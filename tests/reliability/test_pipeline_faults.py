@@ -1,8 +1,10 @@
 """Pipeline campaigns (issue 9 items 1, 2, 4; TESTPLAN E34, F42-F47) on the scripted tiny model.
 
 * Kill and resume: ``toolformer augment`` in a subprocess is SIGKILLed mid-run, then resumed; the
-  final records equal an uninterrupted run's (same set, no duplicates, no loss) and no orphaned
-  temporary file survives. Fast: one kill. Slow: 300 documents, five kills at random moments.
+  final records equal an uninterrupted run's (same set, no duplicates, no loss), no orphaned
+  temporary file survives, and neither finished parts nor a part's journaled units are redone.
+  Fast: one kill inside part 1 of 2. Slow: 300 documents, five kills at random moments in 7 parts;
+  and three kills inside one part, each resume replaying more units.
 * Tool faults: a loopback HTTP tool server (127.0.0.1 only) hangs, drips, answers 500/503/429,
   garbage and a huge body in a scripted mix; the pipeline finishes, failures per reason equal the
   injected counts, and every dead letter names document, position, call and reason.
@@ -32,6 +34,7 @@ import pytest
 from tests.reliability.conftest import REPO, subprocess_env
 from tests.reliability.pipeline_tools import (
     HTTP_SPEC,
+    KILL_AT_CALL,
     SPEC,
     HttpCalc,
     RecordingCalc,
@@ -68,8 +71,6 @@ EXPECTED_BAD = {
 }
 
 
-
-
 @pytest.fixture(scope="module")
 def scripted_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return build_scripted_model(tiny_model_dir, tmp_path_factory.mktemp("scripted"))
@@ -82,8 +83,17 @@ def run(settings_, inputs, out, resume=False):
 
 
 def augment_subprocess(
-    inp: Path, out: Path, model: Path, parts: int, resume: bool, log: Path
+    inp: Path,
+    out: Path,
+    model: Path,
+    parts: int,
+    resume: bool,
+    log: Path,
+    env: dict | None = None,
+    *extra: str,
 ) -> subprocess.Popen:
+    """``toolformer augment`` in a child process (``env`` added to its environment, ``extra``
+    settings overrides after the usual ones)."""
     cmd = [
         sys.executable,
         "-m",
@@ -100,10 +110,14 @@ def augment_subprocess(
         "--parts",
         str(parts),
         "--override",
-        *overrides(SPEC),
+        *overrides(SPEC, *extra),
     ] + (["--resume"] if resume else [])
     return subprocess.Popen(
-        cmd, env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("ab")
+        cmd,
+        env={**subprocess_env(), **(env or {})},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
     )
 
 
@@ -161,21 +175,52 @@ def test_bad_input_is_dead_lettered_or_processed_counted_and_never_executed(refe
 # --- Kill and resume --------------------------------------------------------------------------
 
 
+def journaled_units(out: Path, part: int) -> set[tuple]:
+    from pipelines.rundir import journal_files
+    from pipelines.stages import parse_journal
+
+    return {tuple(e["key"]) for f in journal_files(out, part) for e in parse_journal(Path(f).read_bytes())[0]}
+
+
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(scripted_dir, reference, tmp_path):
+    """The victim SIGKILLs itself halfway through part 1 of 2 (part 0 is done and marked). The
+    resume redoes neither part 0 nor part 1's units journaled before the kill."""
     out, log = tmp_path / "run", tmp_path / "victim.log"
-    proc = augment_subprocess(reference["input"], out, scripted_dir, 2, False, log)
-    deadline = time.monotonic() + 120
-    while not (out / ".parts" / "p0000.done").exists():  # kill once part 0 is done, mid-run
-        assert proc.poll() is None, log.read_text()[-2000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
-    assert not (out / "_SUCCESS").exists()
+    calls = [
+        json.loads((reference["out"] / ".parts" / f"p000{part}.done").read_text())["stats"]["executed:Calc"]
+        for part in (0, 1)
+    ]
+    # Small batches: units finish (and are journaled) a few at a time. One torch thread, as in this
+    # process: with two, the losses of small batches differ from the reference's in the 6th decimal.
+    small_batches = ("max_batch_tokens=64", "threads=1")
+    proc = augment_subprocess(
+        reference["input"],
+        out,
+        scripted_dir,
+        2,
+        False,
+        log,
+        {KILL_AT_CALL: str(calls[0] + calls[1] // 2)},
+        *small_batches,
+    )
+    assert proc.wait(timeout=120) == -signal.SIGKILL, log.read_text()[-2000:]
+    assert (out / ".parts" / "p0000.done").exists() and not (out / ".parts" / "p0001.done").exists()
+    assert not (out / "_SUCCESS").exists() and journaled_units(out, 0) == set()
+    journaled = journaled_units(out, 1)
+    assert journaled  # part 1's units finished before the kill
     RecordingCalc.inputs = []
-    run(settings(scripted_dir, SPEC, "parts=2"), [reference["input"]], out, resume=True)
-    assert 0 < len(RecordingCalc.inputs) < len(reference["inputs"])  # part 0 was not redone
-    assert leftovers(out) == []
+    run(settings(scripted_dir, SPEC, "parts=2", *small_batches), [reference["input"]], out, resume=True)
+    done = json.loads((out / ".parts" / "p0001.done").read_text())["stats"]
+    figures = {
+        "tool_calls": {"part0": calls[0], "part1": calls[1], "resume": len(RecordingCalc.inputs)},
+        "part1_units": int(done["units_resumed"] + done["units_journaled"]),
+        "part1_units_resumed": int(done["units_resumed"]),
+    }
+    print("FIGURES pipeline_kill", json.dumps(figures))
+    assert done["units_resumed"] == len(journaled)
+    # Part 0 was not redone, nor were part 1's journaled units (they made at least one call each).
+    assert 0 < len(RecordingCalc.inputs) <= calls[1] - len(journaled)
+    assert leftovers(out) == [] and not (out / ".journal").exists()
     assert_same_records(out, reference["out"])
 
 
@@ -232,6 +277,61 @@ def test_five_random_sigkills_then_resume_equal_uninterrupted(scripted_dir, tmp_
     print("FIGURES pipeline_kills", json.dumps(figures))
     assert kills == 5 and parts_done_at_kill == sorted(set(parts_done_at_kill))  # five different parts
     assert leftovers(out) == []
+    assert_same_records(out, reference)
+
+
+def kill_after_progress(proc: subprocess.Popen, out: Path, journaled: int, delay_s: float) -> bool:
+    """SIGKILL ``proc`` ``delay_s`` after its part's journal holds at least ``journaled`` units.
+    Returns False if it finished first."""
+    while len(journaled_units(out, 0)) < journaled:
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    stop = time.monotonic() + delay_s
+    while time.monotonic() < stop:
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+@pytest.mark.slow
+def test_random_sigkills_inside_one_part_each_resume_makes_progress(scripted_dir, tmp_path):
+    """``--parts 1`` (the default): 300 documents, three SIGKILLs, the k-th a random moment (up to
+    0.3 s) after a quarter, half and three quarters of the units are journaled; every resume
+    replays the units journaled before it and the final records equal an uninterrupted run's."""
+    inp = write_jsonl(tmp_path / "docs.jsonl", [*documents(300, seed=1), *BAD_LINES])
+    one_thread = "threads=1"  # as in this process (the reference); see the fast kill test
+    reference = tmp_path / "reference"
+    run(settings(scripted_dir, SPEC, one_thread), [inp], reference)
+    units = json.loads((reference / ".parts" / "p0000.done").read_text())["stats"]["units_journaled"]
+    out, log = tmp_path / "run", tmp_path / "victim.log"
+    rng = random.Random(7)
+    journaled_at_kill: list[int] = []
+    attempts = 0
+    while True:
+        attempts += 1
+        proc = augment_subprocess(inp, out, scripted_dir, 1, attempts > 1, log, None, one_thread)
+        target = int(units * (len(journaled_at_kill) + 1) / 4)
+        if len(journaled_at_kill) < 3 and kill_after_progress(proc, out, target, rng.uniform(0.0, 0.3)):
+            journaled_at_kill.append(len(journaled_units(out, 0)))
+            continue
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+        break
+    done = json.loads((out / ".parts" / "p0000.done").read_text())["stats"]
+    figures = {
+        "documents": 300,
+        "units": int(units),
+        "attempts": attempts,
+        "units_journaled_at_each_kill": journaled_at_kill,
+        "units_computed_by_the_last_attempt": int(done.get("units_journaled", 0)),
+    }
+    print("FIGURES pipeline_kills_one_part", json.dumps(figures))
+    assert len(journaled_at_kill) == 3 and journaled_at_kill == sorted(set(journaled_at_kill))
+    assert done["units_resumed"] == journaled_at_kill[-1] == units - done.get("units_journaled", 0)
+    assert leftovers(out) == [] and not (out / ".journal").exists()
     assert_same_records(out, reference)
 
 
