@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from toolformer.filtering import (
     FilterJob,
@@ -106,9 +108,9 @@ def test_context_window_changes_nothing_when_the_model_ignores_distance():
 def test_batches_by_tokens_respects_the_budget():
     assert batches_by_tokens([3, 10, 4, 9], 20) == [[1, 3], [2, 0]]
     assert batches_by_tokens([30], 20) == [[0]]  # a row longer than the budget goes alone
-    # rows much shorter than their batch's longest start a batch of their own
+    # least padding + call cost: [300] [250] [165, 160] costs 3 x 32 + 880 tokens
     assert batches_by_tokens([300, 250, 160, 165], 4096) == [[0], [1], [3, 2]]
-    assert batches_by_tokens([300, 250, 160, 165], 4096, pad_slack=1000) == [[0, 1, 3, 2]]
+    assert batches_by_tokens([300, 250, 160, 165], 4096, call_cost=1000) == [[0, 1, 3, 2]]
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -177,3 +179,25 @@ def test_real_model_filter_matches_three_full_passes_and_keeps_a_true_result(rea
     assert losses.loss_empty == pytest.approx(weighted_loss(full[1], i), abs=1e-4)
     assert losses.loss_no_result == pytest.approx(weighted_loss(full[2], i), abs=1e-4)
     assert losses.delta > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=7), st.integers(1, 150), st.integers(0, 50))
+def test_batches_by_tokens_is_a_cheapest_valid_split(lengths, budget, call_cost):
+    """A partition of the rows, within the budget, and no split of the sorted rows is cheaper."""
+    got = batches_by_tokens(lengths, budget, call_cost)
+    assert sorted(k for b in got for k in b) == list(range(len(lengths)))
+    cost = lambda batches: sum(call_cost + len(b) * max(lengths[k] for k in b) for b in batches)
+    for b in got:
+        assert len(b) == 1 or len(b) * max(lengths[k] for k in b) <= budget
+    order = sorted(range(len(lengths)), key=lambda k: (-lengths[k], k))
+    best = None
+    for mask in range(2 ** (len(order) - 1)):  # every split of the sorted rows into runs
+        runs, start = [], 0
+        for j in range(1, len(order) + 1):
+            if j == len(order) or mask >> (j - 1) & 1:
+                runs.append(order[start:j])
+                start = j
+        if all(len(r) == 1 or len(r) * lengths[r[0]] <= budget for r in runs):
+            best = cost(runs) if best is None else min(best, cost(runs))
+    assert cost(got) == best
