@@ -253,6 +253,7 @@ def build_pipeline(
             settings.context_window,
             settings.large_model,
             threads=settings.threads,
+            lazy_filter=settings.lazy_filter,
         )
 
     read_files = (

@@ -60,6 +60,7 @@ class AugmentModel:
         max_batch_tokens: int = 4096,
         context_window: int | None = None,
         device: str | None = None,
+        lazy_filter: bool = False,
     ):
         self.model, self.tokenizer = load_model(model_spec, device=device)
         tok = self.tokenizer
@@ -76,6 +77,7 @@ class AugmentModel:
         self.takes_input = takes_input
         self.max_batch_tokens = max_batch_tokens
         self.context_window = context_window
+        self.lazy_filter = lazy_filter
         self.prompts = {name: PromptCache(self.model, tok, t) for name, t in templates.items()}
         self.closing, self.abandoning = stop_token_ids(tok)
 
@@ -216,10 +218,16 @@ class AugmentModel:
         ]
         t0 = time.perf_counter()
         losses = filter_losses(
-            self.model, jobs, self.start_id, self.pad_id, self.context_window, self.max_batch_tokens
+            self.model,
+            jobs,
+            self.start_id,
+            self.pad_id,
+            self.context_window,
+            self.max_batch_tokens,
+            settle_below=[self.settings[u["tool"]]["tau_f"] for u in units] if self.lazy_filter else None,
         )
         seconds = (time.perf_counter() - t0) / max(1, len(units))
-        r = lambda v: round(v, LOSS_DECIMALS)
+        r = lambda v: None if v is None else round(v, LOSS_DECIMALS)
         return [
             {
                 "losses": [
@@ -256,6 +264,7 @@ class AugmentModelHandler(ModelHandler):
         large_model: bool = False,
         device: str | None = None,
         threads: int = 0,
+        lazy_filter: bool = False,
     ):
         if task not in ("sample", "filter"):
             raise ValueError(f"unknown task {task!r}")
@@ -274,6 +283,7 @@ class AugmentModelHandler(ModelHandler):
         self.context_window = context_window
         self.device = device
         self.threads = threads
+        self.lazy_filter = lazy_filter
 
     def load_model(self) -> AugmentModel:
         if self.threads:
@@ -288,6 +298,7 @@ class AugmentModelHandler(ModelHandler):
             self.max_batch_tokens,
             self.context_window,
             self.device,
+            lazy_filter=self.lazy_filter,
         )
 
     def run_inference(

@@ -52,6 +52,9 @@ class RunSettings:
     text_field: str = "text"
     limit: int | None = None  # at most this many documents (the first by stable id order per part)
     context_window: int | None = None  # cut the filter's left context to W tokens (not the paper)
+    # skip L(call without result) when L(eps) - L+ < tau_f already rejects the call: same kept
+    # calls, about half the filter's work; rejected records then hold an upper bound of L-
+    lazy_filter: bool = False
     max_batch_tokens: int = 4096  # token budget of one model batch
     parts: int = 1  # documents are processed in this many resumable parts
     max_failure_ratio: float = 0.5  # fail the job if a tool fails more often than this ...

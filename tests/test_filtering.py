@@ -91,6 +91,38 @@ def test_l_minus_takes_the_call_without_result_when_lower():
     assert not keep_if_useful(losses.loss_plus, losses.loss_minus, 0.0)
 
 
+def test_lazy_filter_skips_only_the_passes_that_cannot_change_the_decision():
+    """L- <= L(eps): a candidate with L(eps) - L+ < tau_f is rejected without L(e(c, eps)); the
+    others get exactly the full losses, and every keep decision is the full filter's."""
+    jobs = [
+        FilterJob((A, B, B, A, B, B, A), ((1, (C, R), (C,)),)),  # L(eps) - L+ = 0.997
+        FilterJob((A, A, A, A, A, A), ((1, (C, R), (C,)),)),  # L(eps) - L+ < 0
+    ]
+    rows: list[int] = []
+
+    class Counting(HandSetModel):
+        def forward(self, input_ids, **kw):
+            rows.append(input_ids.shape[0])
+            return super().forward(input_ids, **kw)
+
+    full = filter_losses(Counting(), jobs, START, PAD)
+    full_rows, rows[:] = sum(rows), []
+    for tau_f in (0.5, 2.0):
+        lazy = filter_losses(Counting(), jobs, START, PAD, settle_below=[tau_f, tau_f])
+        (open_one,), (settled,) = lazy
+        assert (open_one == full[0][0]) is (tau_f == 0.5)  # 0.997 >= 0.5: computed in full
+        if tau_f == 2.0:
+            assert open_one.loss_no_result is None and open_one.loss_minus == full[0][0].loss_empty
+        assert settled.loss_no_result is None and settled.loss_minus == settled.loss_empty
+        assert settled.loss_plus == full[1][0].loss_plus
+        for got, ref in zip((open_one, settled), (full[0][0], full[1][0])):
+            assert keep_if_useful(got.loss_plus, got.loss_minus, tau_f) == keep_if_useful(
+                ref.loss_plus, ref.loss_minus, tau_f
+            )
+        assert sum(rows) == full_rows - (1 if tau_f == 0.5 else 2)  # the skipped (C,) passes
+        rows[:] = []
+
+
 def test_tau_f_edge_keeps_equality():
     assert keep_if_useful(1.0, 1.5, 0.5)
     assert not keep_if_useful(1.0, 1.4999, 0.5)

@@ -432,3 +432,29 @@ def test_steps_are_repeatable_and_independent_of_batch_neighbours(scripted_dir):
     ]
     assert executed == again
     assert [r["losses"] for r in am.losses(executed)] == [am.losses([u])[0]["losses"] for u in executed]
+
+
+def test_lazy_filter_keeps_the_same_calls_with_fewer_losses(scripted_dir, base_run, tmp_path):
+    """lazy_filter skips L(call without result) where L(eps) - L+ < tau_f already rejects a call:
+    the same texts and keep decisions; those records hold L- = L(eps), an upper bound."""
+    tau = 0.5  # the scripted model ignores prefixes: every L(eps) - L+ is 0, every call settled
+    full = run(settings(scripted_dir, f"{STUB}.tau_f={tau}"), [base_run["input"]], tmp_path / "full")
+    lazy = run(
+        settings(scripted_dir, f"{STUB}.tau_f={tau}", "lazy_filter=true"),
+        [base_run["input"]],
+        tmp_path / "lazy",
+    )
+    assert read_kind(tmp_path / "full", "texts") == read_kind(tmp_path / "lazy", "texts")
+    assert full["tools"] == lazy["tools"]
+    key = lambda c: (c["doc_id"], c["position"], c["call"])
+    by_key = {key(c): c for c in read_kind(tmp_path / "full", "candidates")}
+    settled = 0
+    for c in read_kind(tmp_path / "lazy", "candidates"):
+        ref = by_key.pop(key(c))
+        assert c["kept"] == ref["kept"] and c["loss_plus"] == ref["loss_plus"]
+        if c["error"] is None and c["loss_no_result"] is None:
+            settled += 1
+            assert not c["kept"] and c["loss_minus"] == ref["loss_empty"] >= ref["loss_minus"]
+        else:
+            assert c == ref
+    assert not by_key and settled > 0

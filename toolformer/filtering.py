@@ -142,7 +142,7 @@ class CandidateLosses:
     loss_plus: float  # L_i(e(c, r))
     loss_minus: float  # min(loss_empty, loss_no_result)
     loss_empty: float  # L_i(eps)
-    loss_no_result: float  # L_i(e(c, eps))
+    loss_no_result: float | None  # L_i(e(c, eps)); None when lazy filtering settled it
 
     @property
     def delta(self) -> float:
@@ -161,6 +161,9 @@ class FilterJob:
     candidates: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...]
 
 
+SETTLE_MARGIN = 1e-4  # lazy filtering skips L(e(c, eps)) only this far below tau_f (rounding)
+
+
 def filter_losses(
     model,
     jobs: Sequence[FilterJob],
@@ -169,6 +172,7 @@ def filter_losses(
     context_window: int | None = None,
     max_batch_tokens: int = 8192,
     weights: torch.Tensor | None = None,
+    settle_below: Sequence[float] | None = None,
 ) -> list[list[CandidateLosses]]:
     """The three losses of every candidate of every job, batched across jobs.
 
@@ -176,42 +180,60 @@ def filter_losses(
     with and without result) costs one pass over [start, z, x_1..x_{i_max+4}]. With a window W
     the text before position i is cut to its last W tokens (a speed setting; it differs from the
     paper, which conditions on the whole text), one pass per (prefix, position).
+
+    Lazy filtering (``settle_below[j]``: job j's tau_f): L- = min(L(eps), L(e(c, eps))) <= L(eps),
+    so a candidate with L(eps) - L+ < tau_f is rejected whatever L(e(c, eps)) is. Its pass is then
+    skipped (``loss_no_result`` None, ``loss_minus`` = L(eps), an upper bound): the same calls are
+    kept, and most candidates are rejected, so the filter does about half the work. The bound is
+    exact for any tau_f at least the run's; a lower tau_f needs the full losses.
     """
     w = loss_weights() if weights is None else weights
     span = len(w)
-    # (job, prefix, lo) -> [first position, hi]: one pass covers x[lo:hi]; log-probs from x_first.
-    needs: dict[tuple[int, tuple[int, ...], int], list[int]] = {}
 
     def lo_of(i: int) -> int:
         return 0 if context_window is None else max(0, i - context_window)
 
-    for j, job in enumerate(jobs):
-        n = len(job.text_ids)
-        for i, plus, minus in job.candidates:
-            hi = min(n, i + span)
-            for prefix in ((), plus, minus):
-                need = needs.setdefault((j, prefix, lo_of(i)), [i, hi])
-                need[0], need[1] = min(need[0], i), max(need[1], hi)
-    keys = list(needs)
-    seqs = [[start_id, *prefix, *jobs[j].text_ids[lo : needs[(j, prefix, lo)][1]]] for j, prefix, lo in keys]
-    first = [len(prefix) + needs[(j, prefix, lo)][0] - lo for j, prefix, lo in keys]
-    logps: list[torch.Tensor | None] = [None] * len(seqs)
-    for batch in batches_by_tokens([len(s) for s in seqs], max_batch_tokens):
-        got = token_logprobs(model, [seqs[k] for k in batch], pad_id, keep_from=[first[k] for k in batch])
-        for k, lp in zip(batch, got):
-            logps[k] = lp
-    # log-probs of x[first:hi] per pass, and the text index they start at
-    text_logps = {key: (logps[k], needs[key][0]) for k, key in enumerate(keys)}
+    def passes(wanted: Sequence[tuple[int, tuple[int, ...], int]]) -> dict:
+        """Log-probs of the text for each (job, prefix, position): one pass per (job, prefix, lo)."""
+        # (job, prefix, lo) -> [first position, hi]: one pass covers x[lo:hi]; log-probs from x_first.
+        needs: dict[tuple[int, tuple[int, ...], int], list[int]] = {}
+        for j, prefix, i in wanted:
+            hi = min(len(jobs[j].text_ids), i + span)
+            need = needs.setdefault((j, prefix, lo_of(i)), [i, hi])
+            need[0], need[1] = min(need[0], i), max(need[1], hi)
+        keys = list(needs)
+        seqs = [[start_id, *z, *jobs[j].text_ids[lo : needs[(j, z, lo)][1]]] for j, z, lo in keys]
+        first = [len(z) + needs[(j, z, lo)][0] - lo for j, z, lo in keys]
+        found = {}
+        for batch in batches_by_tokens([len(q) for q in seqs], max_batch_tokens):
+            got = token_logprobs(model, [seqs[k] for k in batch], pad_id, keep_from=[first[k] for k in batch])
+            for k, lp in zip(batch, got):
+                found[keys[k]] = (lp, needs[keys[k]][0])  # log-probs of x[first:hi], and first
+        return found
 
-    out = []
-    for j, job in enumerate(jobs):
-        losses = []
-        for i, plus, minus in job.candidates:
-            lo = lo_of(i)
-            lp = {}
-            for z in ((), plus, minus):
-                logp, first_i = text_logps[(j, z, lo)]
-                lp[z] = weighted_loss(logp, i - first_i, w)
-            losses.append(CandidateLosses(lp[plus], min(lp[()], lp[minus]), lp[()], lp[minus]))
-        out.append(losses)
+    def loss(found: dict, j: int, z: tuple[int, ...], i: int) -> float:
+        logp, first_i = found[(j, z, lo_of(i))]
+        return weighted_loss(logp, i - first_i, w)
+
+    cands = [(j, i, plus, minus) for j, job in enumerate(jobs) for i, plus, minus in job.candidates]
+    lazy = settle_below is not None
+    found = passes(
+        [(j, z, i) for j, i, plus, minus in cands for z in (((), plus) if lazy else ((), plus, minus))]
+    )
+    unsettled = {(j, minus, i) for j, i, plus, minus in cands}
+    if lazy:
+        unsettled = {
+            (j, minus, i)
+            for j, i, plus, minus in cands
+            if loss(found, j, (), i) - loss(found, j, plus, i) >= settle_below[j] - SETTLE_MARGIN
+        }
+        found.update(passes(sorted(unsettled)))
+    out: list[list[CandidateLosses]] = [[] for _ in jobs]
+    for j, i, plus, minus in cands:
+        empty, with_result = loss(found, j, (), i), loss(found, j, plus, i)
+        if (j, minus, i) in unsettled:
+            no_result = loss(found, j, minus, i)
+            out[j].append(CandidateLosses(with_result, min(empty, no_result), empty, no_result))
+        else:  # settled: rejected whatever L(e(c, eps)) is
+            out[j].append(CandidateLosses(with_result, empty, empty, None))
     return out
