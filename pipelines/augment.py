@@ -26,16 +26,20 @@ it honours ``--direct_num_workers=N --direct_running_mode=multi_threading|multi_
 installed). The model reaches the workers by name: every worker calls ``load_model(--model)``, so
 ``--model`` must be a path or fetched name that exists on the workers (bake the fetched cache
 into the worker image, or point --model at a shared file system); ``--override large_model=true``
-loads one copy per machine shared by its worker processes. Outputs go through Beam's file sinks,
-so ``--output`` may be any Beam file system path the runner can write (run-directory bookkeeping
-— markers, stats, resume — uses the local file system, so run the launcher where DIR is mounted;
-workers write and read the journal through Beam's file systems).
+loads one copy per machine shared by its worker processes.
+
+Output. ``--output`` is a local path or any Beam file system URL the runner can write
+(``gs://bucket/run``, ``s3://...``): the workers write the shards and the journal through Beam's
+file sinks and file systems, and the launcher's run-directory bookkeeping (run.json, markers,
+resume, stats.json, ``_SUCCESS``; pipelines/rundir.py) goes through the same ``FileSystems``, so
+the launcher needs no access to the workers' disks. ``refilter`` reads and writes the same way.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -432,6 +436,27 @@ def pipeline_options(extra_args: list[str] | None, save_main_session: bool = Fal
     return options
 
 
+def output_dir(path: str, what: str = "--output") -> str:
+    """``path`` as a run directory: a local path normalised, a URL checked against the installed
+    Beam file systems and without a trailing ``/`` (names are joined to it with ``/``)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    scheme = FileSystems.get_scheme(path)
+    if scheme is None:
+        return os.path.normpath(path)
+    try:
+        FileSystems.get_filesystem(path)
+    except ValueError:
+        raise UserError(
+            f"{what} {path}: no Beam file system for {scheme}:// is installed "
+            "(gs:// needs this package's gcp extra, apache-beam[gcp]; s3:// needs apache-beam[aws])"
+        ) from None
+    except OSError as e:  # installed, but it could not start
+        raise UserError(f"{what} {path}: {e}") from None
+    stripped = path.rstrip("/")
+    return path if stripped.endswith(":") else stripped
+
+
 def run_augment(
     settings: RunSettings,
     inputs: list[str],
@@ -445,9 +470,13 @@ def run_augment(
         raise UserError("--input is required (one or more globs, files or saved dataset directories)")
     if not output:
         raise UserError("--output is required (the run directory)")
+    from apache_beam.io.filesystems import FileSystems
+
+    out = output_dir(output)
+    # The launcher's own file system calls (rundir) get the pipeline's options too (e.g. s3 keys).
+    FileSystems.set_options(pipeline_options(extra_args, save_main_session))
     split = split_inputs(inputs)
     tools = tool_setup(settings)
-    out = Path(output)
     todo = rundir.prepare(out, settings.to_json(), resume, settings.parts)
     result = None
     for part in todo:
@@ -456,21 +485,21 @@ def run_augment(
         journal = rundir.journal_files(out, part)
         if journal:
             log.info("part %d: replaying %d journal file(s) of an interrupted run", part, len(journal))
-        build_pipeline(p, split, str(out), part, settings, tools, journal)
+        build_pipeline(p, split, out, part, settings, tools, journal)
         result = p.run()
         result.wait_until_finish()
         flat = metrics_of(result)
         flat["wall_ms"] = (time.perf_counter() - t0) * 1000
-        check_failure_ratio(flat, list(tools["specs"]), settings, str(out))
+        check_failure_ratio(flat, list(tools["specs"]), settings, out)
         rundir.mark_done(out, part, flat)
         rundir.drop_journal(out, part)
-    if (out / rundir.SUCCESS).exists():
-        return result, json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    if rundir.exists(rundir.join(out, rundir.SUCCESS)):
+        return result, rundir.read_json(rundir.join(out, "stats.json"))
     total: dict[str, float] = {}
     for stats in rundir.part_stats(out, settings.parts):
         for k, v in stats.items():
             total[k] = total.get(k, 0) + v
-    check_failure_ratio(total, list(tools["specs"]), settings, str(out))
+    check_failure_ratio(total, list(tools["specs"]), settings, out)
     stats = summarise(total, list(tools["specs"]), total.get("wall_ms", 0) / 1000)
     rundir.finish(out, stats)
     return result, stats
@@ -497,7 +526,8 @@ def augment(
     Args:
         input: one or more globs of .jsonl/.json/.parquet/.txt files (optionally .gz) or saved HF
             dataset directories.
-        output: the run directory (refused if it holds a run, unless --resume).
+        output: the run directory (refused if it holds a run, unless --resume): a local path or
+            any Beam file system URL, e.g. gs://bucket/run (the launcher writes there too).
         model: model name, directory or .gguf (default smollm2-135m; must exist on every worker).
         tools: comma-separated tool names or module:Class specs (default calculator).
         index: WikiSearch index directory.
@@ -537,34 +567,48 @@ augment.passthrough = True
 # --- Refilter ---------------------------------------------------------------------------------
 
 
-def _read_jsonl(paths: list[Path]) -> list[dict]:
+def _read_jsonl(paths: list[str]) -> list[dict]:
     rows = []
     for path in paths:
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as e:
-                    raise UserError(f"{path} line {n}: {e}") from None
+        lines = rundir.read_bytes(path).split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()
+        for n, line in enumerate(lines, start=1):
+            try:
+                rows.append(json.loads(line.decode("utf-8")))
+            except ValueError as e:
+                raise UserError(f"{path} line {n}: {e}") from None
     return rows
+
+
+def _parquet_bytes(table) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
 def refilter(run: str, output: str, tau_f: list[str] | None = None) -> int:
     """Apply new tau_f thresholds to a finished run's candidates, without recomputing anything.
 
     Args:
-        run: a finished augment run directory (holds _SUCCESS).
-        output: a new directory for the re-filtered texts, candidates, stats.json and _SUCCESS.
+        run: a finished augment run directory (holds _SUCCESS); a local path or a Beam file system
+            URL, as for augment --output.
+        output: a new directory for the re-filtered texts, candidates, stats.json and _SUCCESS
+            (a local path or a Beam file system URL).
         tau_f: new thresholds as TOOL=VALUE (tool names as in the candidates, e.g. Calculator=1.0);
             tools not named keep their threshold.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    src, out = Path(run), Path(output)
-    if not (src / rundir.SUCCESS).is_file():
+    src, out = output_dir(run, "RUN"), output_dir(output, "OUTPUT")
+    if not rundir.exists(rundir.join(src, rundir.SUCCESS)):
         raise UserError(f"{src} is not a finished augment run (no {rundir.SUCCESS})")
-    if out.exists() and any(out.iterdir()):
+    if rundir.is_local(out) and os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--output {out} exists and is not a directory")
+    if rundir.has_files(out):
         raise UserError(f"--output {out} already exists and is not empty; choose a new directory")
     new_tau: dict[str, float] = {}
     for item in tau_f or []:
@@ -575,8 +619,8 @@ def refilter(run: str, output: str, tau_f: list[str] | None = None) -> int:
             sep = ""
         if not sep:
             raise UserError(f"--tau-f {item!r}: expected TOOL=NUMBER, e.g. Calculator=1.0")
-    cands = _read_jsonl(sorted(src.glob("candidates-*.jsonl")))
-    texts = _read_jsonl(sorted(src.glob("texts-*.jsonl")))
+    cands = _read_jsonl(rundir.match(rundir.join(src, "candidates-*.jsonl")))
+    texts = _read_jsonl(rundir.match(rundir.join(src, "texts-*.jsonl")))
     unknown = set(new_tau) - {c["tool"] for c in cands}
     if unknown:
         raise UserError(f"--tau-f names tools with no candidates in {src}: {', '.join(sorted(unknown))}")
@@ -591,23 +635,23 @@ def refilter(run: str, output: str, tau_f: list[str] | None = None) -> int:
         doc = {k: v for k, v in t.items() if k != "calls"}
         doc["text"] = strip_calls(t["text"])  # the inserted calls come out; the document is neutralised
         new_texts.append(merge_document(doc, by_doc.get(t["doc_id"], [])))
-    out.mkdir(parents=True, exist_ok=True)
+    rundir.mkdirs(out)
     texts_schema, cands_schema = parquet_schemas()
     for kind, rows, schema, to_row in (
         ("texts", new_texts, texts_schema, _text_row),
         ("candidates", cands, cands_schema, lambda r: r),
     ):
-        with (out / f"{kind}-p0000-00000-of-00001.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(to_json(r) + "\n" for r in rows)
-        pq.write_table(
-            pa.Table.from_pylist([to_row(r) for r in rows], schema=schema),
-            out / f"{kind}-p0000-00000-of-00001.parquet",
+        name = f"{kind}-p0000-00000-of-00001"
+        rundir.write_bytes(
+            rundir.join(out, f"{name}.jsonl"), "".join(to_json(r) + "\n" for r in rows).encode("utf-8")
         )
+        table = pa.Table.from_pylist([to_row(r) for r in rows], schema=schema)
+        rundir.write_bytes(rundir.join(out, f"{name}.parquet"), _parquet_bytes(table))
     kept: dict[str, int] = {}
     for c in cands:
         kept[c["tool"]] = kept.get(c["tool"], 0) + int(c["kept"])
     stats = {
-        "source": str(src),
+        "source": src,
         "tau_f": new_tau,
         "kept": kept,
         "texts_written": len(new_texts),

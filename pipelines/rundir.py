@@ -15,6 +15,14 @@ deletes those files and the runner's orphaned ``beam-temp-*`` folders and redoes
 Inside a part, every finished unit (document x tool x token window) is journaled as it finishes
 (``pipelines.stages.FinishUnitFn``); resume keeps an unfinished part's journal, and the part's
 new run replays the journaled units instead of recomputing them.
+
+``DIR`` is a local path or any Beam file system URL (``gs://``, ``s3://``, ...): every operation
+here goes through ``apache_beam.io.filesystems.FileSystems``, so the launcher needs no access to
+the workers' disks. On an object store a folder is only a key prefix: one that holds no objects
+is the same as a missing one, and there is nothing to create or remove apart from the objects.
+Small JSON files (run.json, markers, stats.json) are written whole or not at all: on the local
+file system through a ``.tmp`` file renamed into place, on an object store by the store itself
+(an object appears when its upload is closed); see :func:`write_json`.
 """
 
 from __future__ import annotations
@@ -22,57 +30,165 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from toolformer.errors import UserError
 
 KINDS = ("texts", "candidates", "errors")
 SUCCESS = "_SUCCESS"
 JOURNAL = ".journal"
+PARTS = ".parts"
+RAW = CompressionTypes.UNCOMPRESSED  # never (de)compress by file name: we hash and copy bytes
 
 
 def part_name(part: int) -> str:
     return f"p{part:04d}"
 
 
-def journal_dir(out: str | Path, part: int) -> str:
-    """Where part ``part``'s workers journal its finished units (a folder of ``*.jsonl``)."""
-    return f"{out}/{JOURNAL}/{part_name(part)}"
+# --- File system helpers (any Beam file system) ------------------------------------------------
 
 
-def journal_files(out: Path, part: int) -> list[str]:
-    """The journal files a resumed part replays, listed once on the launcher before it starts
-    (the files the new run writes have new names, so it never reads its own journal)."""
-    return sorted(str(p) for p in Path(journal_dir(out, part)).glob("*.jsonl") if p.is_file())
+def join(base: str | Path, *names: str) -> str:
+    return FileSystems.join(str(base), *names)
 
 
-def drop_journal(out: Path, part: int) -> None:
-    """Delete a done part's journal (its units are in the part's verified files now)."""
-    shutil.rmtree(journal_dir(out, part), ignore_errors=True)
-    try:
-        (out / JOURNAL).rmdir()  # only once it is empty
-    except OSError:
-        pass
+def is_local(path: str | Path) -> bool:
+    """The launcher's own file system (no URL scheme): real folders, an atomic rename."""
+    return FileSystems.get_scheme(str(path)) is None
 
 
-def part_files(out: Path, part: int) -> list[Path]:
-    return sorted(p for kind in KINDS for p in out.glob(f"{kind}-{part_name(part)}-*") if p.is_file())
+def match(pattern: str, limit: int | None = None) -> list[str]:
+    """Files matching ``pattern`` (``*`` stays inside one folder level, ``**`` crosses them)."""
+    [result] = FileSystems.match([pattern], None if limit is None else [limit])
+    return sorted(m.path for m in result.metadata_list)
 
 
-def sha256(path: Path) -> str:
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def has_files(folder: str | Path) -> bool:
+    """Whether anything is stored under ``folder``; empty and missing are the same (on an object
+    store a folder is a key prefix and exists only while it has objects)."""
+    return bool(match(join(folder, "**"), limit=1))
+
+
+def delete(paths: list[str]) -> None:
+    if paths:
+        FileSystems.delete(paths)
+
+
+def delete_folder(folder: str) -> None:
+    """Delete ``folder`` and everything in it (nothing happens if it is missing)."""
+    if is_local(folder):  # a real folder, possibly empty: LocalFileSystem deletes it recursively
+        if exists(folder):
+            delete([folder])
+    else:  # an object store: the objects under the prefix (the "folder" goes with them)
+        delete(match(join(folder, "**")))
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path, compression_type=RAW) as f:
+        return f.read()
+
+
+def read_json(path: str) -> Any:
+    return json.loads(read_bytes(path).decode("utf-8"))
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a file in place (not atomic on the local file system; see :func:`write_json`)."""
+    with FileSystems.create(path, compression_type=RAW) as f:
+        f.write(data)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON so that a reader sees the old file, the new one, or none, never a
+    torn one.
+
+    Local file system: write ``PATH.tmp``, then rename it over ``PATH`` (an atomic replace on
+    POSIX); a kill mid-write leaves only the ``.tmp``, which :func:`prepare` deletes.
+    Any other file system (object stores: gs://, s3://, ...): write ``PATH`` directly. An object
+    store has no atomic rename (Beam's rename is copy + delete), but creating an object is atomic:
+    the upload becomes visible, whole, only when it is closed, and a killed upload leaves nothing.
+    (HDFS has neither guarantee, nor a rename onto an existing file; a torn marker there is
+    unreadable JSON and its part is redone, as a missing one would be.)
+    """
+    path = str(path)
+    body = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    if is_local(path):
+        tmp = path + ".tmp"
+        write_bytes(tmp, body)
+        FileSystems.rename([tmp], [path])
+    else:
+        write_bytes(path, body)
+
+
+def mkdirs(folder: str) -> None:
+    """Create ``folder`` if the file system has folders (a no-op on an object store)."""
+    if not exists(folder):
+        try:
+            FileSystems.mkdirs(folder)
+        except OSError:
+            if not exists(folder):  # not merely created by someone else meanwhile
+                raise
+
+
+def sha256(path: str | Path) -> str:
+    """The file's sha256, read in 1 MiB blocks (a shard may be larger than memory)."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with FileSystems.open(str(path), compression_type=RAW) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def basename(path: str) -> str:
+    return FileSystems.split(path)[1]
+
+
+# --- The run directory -------------------------------------------------------------------------
+
+
+def journal_dir(out: str | Path, part: int) -> str:
+    """Where part ``part``'s workers journal its finished units (a folder of ``*.jsonl``)."""
+    return join(out, JOURNAL, part_name(part))
+
+
+def journal_files(out: str | Path, part: int) -> list[str]:
+    """The journal files a resumed part replays, listed once on the launcher before it starts
+    (the files the new run writes have new names, so it never reads its own journal)."""
+    return match(join(journal_dir(out, part), "*.jsonl"))
+
+
+def drop_journal(out: str | Path, part: int) -> None:
+    """Delete a done part's journal (its units are in the part's verified files now)."""
+    delete_folder(journal_dir(out, part))
+    if not has_files(join(out, JOURNAL)):  # only once no other part's journal is left
+        delete_folder(join(out, JOURNAL))
+
+
+def part_files(out: str | Path, part: int) -> list[str]:
+    return sorted(p for kind in KINDS for p in match(join(out, f"{kind}-{part_name(part)}-*")))
+
+
+def marker(out: str | Path, part: int) -> str:
+    return join(out, PARTS, f"{part_name(part)}.done")
+
+
+def delete_orphaned_temp_folders(out: str) -> None:
+    """Delete the temporary folders (``beam-temp-*``) of a killed runner's file sinks."""
+    if is_local(out):  # real folders, maybe empty: FileSystems lists only files, so look here
+        if os.path.isdir(out):
+            for entry in os.scandir(out):
+                if entry.name.startswith("beam-temp-"):
+                    delete_folder(join(out, entry.name))
+    else:  # an object store: the objects under those prefixes
+        delete(match(join(out, "beam-temp-**")))
 
 
 def prepare(out: str | Path, settings_json: dict, resume: bool, parts: int) -> list[int]:
@@ -81,71 +197,71 @@ def prepare(out: str | Path, settings_json: dict, resume: bool, parts: int) -> l
     A directory that already holds a run is refused unless ``resume`` (then its settings must
     match). A complete run resumed is a no-op (``[]``).
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
+    out = str(out)
+    if is_local(out) and os.path.exists(out) and not os.path.isdir(out):
+        # (on an object store an object named DIR and the objects under DIR/ do not collide)
         raise UserError(f"--output {out} exists and is not a directory")
-    existing = out.is_dir() and any(out.iterdir())
+    existing = has_files(out)
     if existing and not resume:
-        state = "a complete run" if (out / SUCCESS).exists() else "an unfinished run or other files"
+        state = "a complete run" if exists(join(out, SUCCESS)) else "an unfinished run or other files"
         raise UserError(
             f"--output {out} already holds {state}; pass --resume to continue it, "
             "or choose a new output directory"
         )
     if existing:
-        run_json = out / "run.json"
-        if not run_json.is_file():
+        run_json = join(out, "run.json")
+        if not exists(run_json):
             raise UserError(f"--resume: {out} has no run.json, it is not an augment run directory")
-        before = json.loads(run_json.read_text(encoding="utf-8"))
+        try:
+            before = read_json(run_json)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--resume: cannot read {run_json}: {e}") from None
         if before != settings_json:
             diff = sorted(
                 k for k in set(before) | set(settings_json) if before.get(k) != settings_json.get(k)
             )
             raise UserError(f"--resume: settings differ from the run in {out}: {', '.join(diff)}")
-        if (out / SUCCESS).exists():
+        if exists(join(out, SUCCESS)):
             return []
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ".parts").mkdir(exist_ok=True)
-    write_json_atomic(out / "run.json", settings_json)
-    for orphan in out.glob("beam-temp-*"):  # a killed runner's temporary shards
-        shutil.rmtree(orphan, ignore_errors=True)
-    for orphan in [*out.glob("*.tmp"), *(out / ".parts").glob("*.tmp")]:  # a killed atomic write
-        orphan.unlink()
+    mkdirs(out)
+    mkdirs(join(out, PARTS))
+    write_json(join(out, "run.json"), settings_json)
+    delete_orphaned_temp_folders(out)  # a killed runner's temporary shards
+    # a killed atomic write (only the local file system writes them)
+    delete(match(join(out, "*.tmp")) + match(join(out, PARTS, "*.tmp")))
     todo = []
     for part in range(parts):
         if part_done(out, part):
             drop_journal(out, part)  # killed between its marker and the journal's deletion
         else:
-            for f in part_files(out, part):  # its journal stays: the part's new run replays it
-                f.unlink()
+            delete(part_files(out, part))  # its journal stays: the part's new run replays it
             todo.append(part)
     return todo
 
 
-def part_done(out: Path, part: int) -> bool:
+def part_done(out: str | Path, part: int) -> bool:
     """A part is done when its marker exists and lists exactly its files, byte for byte."""
-    marker = out / ".parts" / f"{part_name(part)}.done"
-    if not marker.is_file():
+    path = marker(out, part)
+    if not exists(path):
         return False
     try:
-        listed = json.loads(marker.read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError):
+        listed = read_json(path)["files"]
+    except (ValueError, KeyError, TypeError):
         return False
-    present = {p.name: p for p in part_files(out, part)}
+    present = {basename(p): p for p in part_files(out, part)}
     return set(listed) == set(present) and all(sha256(present[n]) == h for n, h in listed.items())
 
 
-def mark_done(out: Path, part: int, stats: dict) -> None:
-    files = {p.name: sha256(p) for p in part_files(out, part)}
-    write_json_atomic(out / ".parts" / f"{part_name(part)}.done", {"files": files, "stats": stats})
+def mark_done(out: str | Path, part: int, stats: dict) -> None:
+    files = {basename(p): sha256(p) for p in part_files(out, part)}
+    write_json(marker(out, part), {"files": files, "stats": stats})
 
 
-def part_stats(out: Path, parts: int) -> list[dict]:
-    return [
-        json.loads((out / ".parts" / f"{part_name(p)}.done").read_text(encoding="utf-8"))["stats"]
-        for p in range(parts)
-    ]
+def part_stats(out: str | Path, parts: int) -> list[dict]:
+    return [read_json(marker(out, p))["stats"] for p in range(parts)]
 
 
-def finish(out: Path, stats: dict) -> None:
-    write_json_atomic(out / "stats.json", stats)
-    (out / SUCCESS).write_text("", encoding="utf-8")
+def finish(out: str | Path, stats: dict) -> None:
+    """stats.json, then ``_SUCCESS`` last: a run with ``_SUCCESS`` is complete."""
+    write_json(join(out, "stats.json"), stats)
+    write_bytes(join(out, SUCCESS), b"")
