@@ -590,6 +590,27 @@ def _parquet_bytes(table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def check_settled(cands: list[dict], new_tau: dict[str, float], src: str) -> None:
+    """Refuse a tau_f that candidates settled by lazy filtering cannot answer.
+
+    Such a candidate (no error, ``loss_no_result`` null) holds L- = L(eps), an upper bound of the
+    true L-, so its delta is an upper bound too: it stays rejected under any tau_f above that bound,
+    and below it the true L- would be needed.
+    """
+    for tool, tau in sorted(new_tau.items()):
+        bounds = [
+            c["delta"]
+            for c in cands
+            if c["tool"] == tool and c["error"] is None and c["loss_no_result"] is None
+        ]
+        if bounds and max(bounds) >= tau:
+            raise UserError(
+                f"--tau-f {tool}={tau}: {src} was filtered lazily (lazy_filter) and {len(bounds)} {tool} "
+                f"candidates hold only an upper bound of L-; tau_f must be above {max(bounds):.6f}, "
+                "or rerun augment without lazy_filter"
+            )
+
+
 def refilter(run: str, output: str, tau_f: list[str] | None = None) -> int:
     """Apply new tau_f thresholds to a finished run's candidates, without recomputing anything.
 
@@ -624,6 +645,7 @@ def refilter(run: str, output: str, tau_f: list[str] | None = None) -> int:
     unknown = set(new_tau) - {c["tool"] for c in cands}
     if unknown:
         raise UserError(f"--tau-f names tools with no candidates in {src}: {', '.join(sorted(unknown))}")
+    check_settled(cands, new_tau, src)
     by_doc: dict[str, list[dict]] = {}
     for c in cands:
         if c["tool"] in new_tau:

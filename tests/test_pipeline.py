@@ -458,3 +458,15 @@ def test_lazy_filter_keeps_the_same_calls_with_fewer_losses(scripted_dir, base_r
         else:
             assert c == ref
     assert not by_key and settled > 0
+
+
+def test_refilter_refuses_a_tau_f_that_lazily_settled_candidates_cannot_answer():
+    from pipelines.augment import check_settled
+    from toolformer.errors import UserError
+
+    settled = {"tool": "Calc", "error": None, "loss_no_result": None, "delta": 0.3}
+    full = {"tool": "Calc", "error": None, "loss_no_result": 2.0, "delta": 0.9}
+    check_settled([settled, full], {"Calc": 0.31}, "runs/r1")  # above every bound: exact
+    with pytest.raises(UserError, match=r"Calc=0.3: runs/r1 was filtered lazily .* above 0.300000"):
+        check_settled([settled, full], {"Calc": 0.3}, "runs/r1")
+    check_settled([full], {"Calc": -5.0}, "runs/r1")  # full losses answer any tau_f
