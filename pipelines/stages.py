@@ -16,6 +16,7 @@ uninterrupted run's.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import time
 import uuid
@@ -29,6 +30,12 @@ from pipelines.documents import dead_letter
 from toolformer.filtering import keep_if_useful
 from toolformer.insertion import insert_calls
 from toolformer.sampling import stable_seed
+
+
+def stable_digest(*parts: object) -> str:
+    """A hex digest of ``parts`` (stable across processes and runs)."""
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=True).encode("ascii")).hexdigest()[:32]
+
 
 NAMESPACE = "toolformer"
 DEAD = "dead_letter"
@@ -173,9 +180,22 @@ def sample_counts(unit: dict, sampled: dict) -> dict[str, int]:
     )
 
 
+def unit_input(unit: Mapping[str, Any]) -> str:
+    """A digest of what a unit's records are computed from besides the run's settings (checked
+    by resume through run.json): its text and document date. A journaled outcome is replayed only
+    for the same input, so a document edited between a crash and its resume is recomputed."""
+    return stable_digest(unit["text"], unit.get("date"))
+
+
 def finished_unit(unit: dict, records: list[dict], dead: list[dict], counts: Mapping[str, int]) -> dict:
     """A unit's outcome, as FinishUnitFn takes it and the journal stores it (plain JSON data)."""
-    return {"key": list(unit_key(unit)), "records": records, "dead": dead, "counts": dict(counts)}
+    return {
+        "key": list(unit_key(unit)),
+        "input": unit_input(unit),
+        "records": records,
+        "dead": dead,
+        "counts": dict(counts),
+    }
 
 
 class CountSamplesFn(beam.DoFn):
@@ -265,11 +285,6 @@ class ExecuteFn(beam.DoFn):
 # --- Filter -----------------------------------------------------------------------------------
 
 
-def for_filter(unit: dict) -> dict:
-    """Only candidates with a result go to the model; failed ones are already decided."""
-    return {**unit, "candidates": [c for c in unit["candidates"] if c["error"] is None]}
-
-
 def candidate_records(unit: dict, losses: list[dict], tau_f: float) -> list[dict]:
     """One output record per candidate of a unit (failed calls too: error set, no losses, not kept)."""
     loss_iter = iter(losses)
@@ -351,12 +366,16 @@ def parse_journal(data: bytes) -> tuple[list[dict], int]:
 def resume_unit(keyed) -> Iterable:
     """Join of one unit key: the routed unit (main: still to compute) or its journaled outcome
     (tagged ``RESUMED``). A key journaled twice (a retried bundle) is replayed once: its records
-    are deterministic, so either copy is the same; one no longer routed (stale) is dropped."""
+    are deterministic, so either copy is the same; one no longer routed, or journaled for another
+    input (the document changed since), is stale: dropped, and the unit recomputed."""
     _, grouped = keyed
     units, entries = list(grouped["units"]), list(grouped["journal"])
     if not units:
         count("journal_stale", len(entries))
         return
+    same = [e for e in entries if e.get("input") == unit_input(units[0])]
+    count("journal_stale", len(entries) - len(same))  # journaled for another text or date
+    entries = same
     if not entries:
         yield units[0]
         return

@@ -50,6 +50,11 @@ def test_resume_unit_recomputes_replays_dedupes_and_drops_stale_entries():
     [out] = stages.resume_unit((key, {"units": [u], "journal": [entry, json.loads(json.dumps(entry))]}))
     assert out.tag == stages.RESUMED and out.value == entry  # journaled twice: replayed once
     assert list(stages.resume_unit((key, {"units": [], "journal": [entry]}))) == []  # no longer routed
+    edited = {**u, "text": u["text"] + " (edited)"}  # the document changed between crash and resume
+    assert list(stages.resume_unit((key, {"units": [edited], "journal": [entry]}))) == [edited]
+    redated = {**u, "date": "1999-12-31"}
+    assert list(stages.resume_unit((key, {"units": [redated], "journal": [entry]}))) == [redated]
+    assert list(stages.resume_unit((key, {"units": [u], "journal": [{**entry, "input": None}]}))) == [u]
 
 
 def test_finish_unit_counts_emits_and_journals_with_rotation(tmp_path, monkeypatch):
