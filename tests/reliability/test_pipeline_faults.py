@@ -228,11 +228,10 @@ def parts_done(out: Path) -> int:
     return len(list((out / ".parts").glob("*.done")))
 
 
-def kill_at_random_point(proc: subprocess.Popen, out: Path, after_parts: int, delay_s: float) -> bool:
-    """SIGKILL ``proc`` ``delay_s`` after its run has ``after_parts`` parts done, so the kill lands
-    inside the next part (not during start-up), whatever the machine's load. Returns False if the
-    process finished first."""
-    while not (out / ".parts").is_dir() or parts_done(out) < after_parts:
+def kill_when(proc: subprocess.Popen, ready, delay_s: float) -> bool:
+    """SIGKILL ``proc`` ``delay_s`` after ``ready()`` first holds. Returns False if the process
+    finished first."""
+    while not ready():
         if proc.poll() is not None:
             return False
         time.sleep(0.05)
@@ -244,6 +243,12 @@ def kill_at_random_point(proc: subprocess.Popen, out: Path, after_parts: int, de
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return True
+
+
+def kill_at_random_point(proc: subprocess.Popen, out: Path, after_parts: int, delay_s: float) -> bool:
+    """SIGKILL ``proc`` ``delay_s`` after its run has ``after_parts`` parts done, so the kill lands
+    inside the next part (not during start-up), whatever the machine's load."""
+    return kill_when(proc, lambda: (out / ".parts").is_dir() and parts_done(out) >= after_parts, delay_s)
 
 
 @pytest.mark.slow
@@ -281,26 +286,15 @@ def test_five_random_sigkills_then_resume_equal_uninterrupted(scripted_dir, tmp_
 
 
 def kill_after_progress(proc: subprocess.Popen, out: Path, journaled: int, delay_s: float) -> bool:
-    """SIGKILL ``proc`` ``delay_s`` after its part's journal holds at least ``journaled`` units.
-    Returns False if it finished first."""
-    while len(journaled_units(out, 0)) < journaled:
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    stop = time.monotonic() + delay_s
-    while time.monotonic() < stop:
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return True
+    """SIGKILL ``proc`` ``delay_s`` after its part's journal holds at least ``journaled`` units."""
+    return kill_when(proc, lambda: len(journaled_units(out, 0)) >= journaled, delay_s)
 
 
 @pytest.mark.slow
 def test_random_sigkills_inside_one_part_each_resume_makes_progress(scripted_dir, tmp_path):
     """``--parts 1`` (the default): 300 documents, three SIGKILLs, the k-th a random moment (up to
-    0.3 s) after a quarter, half and three quarters of the units are journaled; every resume
+    0.3 s) after a quarter, half and three quarters of the units are journaled (and more than at
+    the kill before: units are journaled a model batch at a time); every resume
     replays the units journaled before it and the final records equal an uninterrupted run's."""
     inp = write_jsonl(tmp_path / "docs.jsonl", [*documents(300, seed=1), *BAD_LINES])
     one_thread = "threads=1"  # as in this process (the reference); see the fast kill test
@@ -314,7 +308,8 @@ def test_random_sigkills_inside_one_part_each_resume_makes_progress(scripted_dir
     while True:
         attempts += 1
         proc = augment_subprocess(inp, out, scripted_dir, 1, attempts > 1, log, None, one_thread)
-        target = int(units * (len(journaled_at_kill) + 1) / 4)
+        # units are journaled a model batch at a time: ask for progress past the last kill too
+        target = max(int(units * (len(journaled_at_kill) + 1) / 4), (journaled_at_kill or [0])[-1] + 1)
         if len(journaled_at_kill) < 3 and kill_after_progress(proc, out, target, rng.uniform(0.0, 0.3)):
             journaled_at_kill.append(len(journaled_units(out, 0)))
             continue
