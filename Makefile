@@ -32,7 +32,7 @@ demo: install
 # Benchmarks (not tests): augmentation vs the naive way, generation vs model.generate, BM25 index.
 bench: install
 	$(TF) fetch-model
-	$(PY) benchmarks/bench_augment.py --docs 3 --threads 1
+	$(PY) benchmarks/bench_augment.py --docs 6 --threads 1 --windows 16
 	$(PY) benchmarks/bench_generate.py --threads 1
 
 clean:

@@ -28,6 +28,7 @@ import argparse
 import json
 import re
 import time
+from pathlib import Path
 
 import torch
 
@@ -42,15 +43,26 @@ from tools.executor import ToolExecutor
 K, M, TAU_S, TAU_F, MAX_CALL = 5, 5, 0.0, 0.5, 32
 
 
-def gsm8k_documents(path: str, n: int) -> list[dict]:
+GSM8K = Path("/work/shared/data/gsm8k/train.jsonl")
+BUNDLED = Path(__file__).resolve().parents[1] / "toolformer" / "data" / "sample_docs.jsonl"
+
+
+def gsm8k_documents(path: str | Path, n: int) -> list[dict]:
+    """The first ``n`` documents of a JSONL file: GSM8K rows (question + worked answer, the <<a*b=c>>
+    annotations removed) or rows with a ``text`` (only ``kind == "arithmetic"`` ones when marked)."""
     docs = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
-            answer = re.sub(r"<<[^>]*>>", "", row["answer"])
-            answer = re.sub(r"####\s*(.+)$", r"The answer is \1.", answer.strip())
-            text = " ".join(f"{row['question']} {answer}".split())
-            docs.append({"doc_id": f"gsm8k-train-{len(docs)}", "text": text})
+            if "question" in row and "answer" in row:
+                answer = re.sub(r"<<[^>]*>>", "", str(row["answer"]))
+                answer = re.sub(r"####\s*(.+)$", r"The answer is \1.", answer.strip())
+                text = " ".join(f"{row['question']} {answer}".split())
+            elif row.get("text") and row.get("kind", "arithmetic") == "arithmetic":
+                text = row["text"]
+            else:
+                continue
+            docs.append({"doc_id": row.get("doc_id", f"doc-{len(docs)}"), "text": text})
             if len(docs) == n:
                 return docs
     return docs
@@ -228,7 +240,11 @@ def main() -> None:
     ap.add_argument(
         "--windows", type=int, nargs="*", default=[32, 16], help="W of the windowed runs (tokens)"
     )
-    ap.add_argument("--data", default="/work/shared/data/gsm8k/train.jsonl")
+    ap.add_argument(
+        "--data",
+        default=str(GSM8K if GSM8K.is_file() else BUNDLED),
+        help="GSM8K-style or text JSONL (default: GSM8K train where present, else the bundled documents)",
+    )
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--skip-naive", action="store_true")
@@ -238,9 +254,25 @@ def main() -> None:
     docs = gsm8k_documents(args.data, args.docs)
     calc = get_tool("calculator")
     executor = ToolExecutor({"Calculator": calc})
-    settings = {"tau_s": TAU_S, "k": K, "m": M, "tau_f": TAU_F, "max_call_tokens": MAX_CALL, "temperature": 1.0}
+    settings = {
+        "tau_s": TAU_S,
+        "k": K,
+        "m": M,
+        "tau_f": TAU_F,
+        "max_call_tokens": MAX_CALL,
+        "temperature": 1.0,
+    }
     peak = matmul_gflops()
-    print(json.dumps({"docs": len(docs), "threads": args.threads, "matmul_fp32_gflops": round(peak, 1)}))
+    print(
+        json.dumps(
+            {
+                "data": args.data,
+                "docs": len(docs),
+                "threads": args.threads,
+                "matmul_fp32_gflops": round(peak, 1),
+            }
+        )
+    )
     am = AugmentModel(
         args.model,
         {"Calculator": calc.prompt_template},
