@@ -556,6 +556,7 @@ def augment(
     bad = [a for a in (extra_args or []) if not a.startswith("-")]
     if bad:
         raise UserError(f"unexpected argument {bad[0]!r} (flags take the form --name=value)")
+    logging.getLogger("toolformer.progress").setLevel(logging.INFO)  # units done, every 15 s
     _, stats = run_augment(settings, input or [], output or "", resume, extra_args)
     print(json.dumps(stats, indent=2))
     return 0

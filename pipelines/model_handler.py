@@ -10,6 +10,7 @@ formed by a token budget, not an element count. Used by ``pipelines/augment.py``
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -33,6 +34,8 @@ from toolformer.sampling import (
     stop_token_ids,
 )
 
+PROGRESS_EVERY_S = 15.0
+progress_log = logging.getLogger("toolformer.progress")  # `toolformer augment` shows it at INFO
 LOSS_DECIMALS = 6  # losses are stored rounded, and kept/refilter decide on the stored values
 
 
@@ -308,7 +311,30 @@ class AugmentModelHandler(ModelHandler):
         # and the in-process runner shares its thread with whatever runs next (e.g. fine-tuning).
         with torch.no_grad():
             out = model.sample(list(batch)) if self.task == "sample" else model.losses(list(batch))
+        self._progress(batch)
         return list(zip(batch, out))
+
+    def _progress(self, batch: Sequence[dict]) -> None:
+        """A progress line per worker and task every ``PROGRESS_EVERY_S`` (units = document windows
+        per tool): logged, so it reaches a terminal and a cluster worker's log alike."""
+        now = time.monotonic()
+        if getattr(self, "_started", None) is None:
+            self._started, self._logged, self._units, self._candidates = now, now, 0, 0
+        self._units += len(batch)
+        if self.task == "filter":
+            self._candidates += sum(len(u["candidates"]) for u in batch)
+        if now - self._logged >= PROGRESS_EVERY_S:
+            self._logged = now
+            what = (
+                "scored and sampled" if self.task == "sample" else f"filtered ({self._candidates} candidates)"
+            )
+            progress_log.info(
+                "augment: %d units %s in %.0f s (%.2f units/s)",
+                self._units,
+                what,
+                now - self._started,
+                self._units / max(now - self._started, 1e-9),
+            )
 
     def get_metrics_namespace(self) -> str:
         return "toolformer_" + self.task
