@@ -84,9 +84,11 @@ def scripted_dir(tiny_model_dir, tmp_path_factory):
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text(
-        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
-    )
+    """One line per row: bytes and str as they are (raw or broken records), anything else as JSON."""
+    with path.open("wb") as f:
+        for r in rows:
+            line = r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode("utf-8")
+            f.write(line + b"\n")
     return path
 
 

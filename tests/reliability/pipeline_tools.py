@@ -5,7 +5,6 @@ a comma) drives them.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -13,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import ClassVar
 
-from tests.test_pipeline import TEMPLATE
+from tests.test_pipeline import TEMPLATE, read_kind, write_jsonl  # noqa: F401 (re-exported)
 from tools.base import Tool, ToolError
 
 SPEC = "tests.reliability.pipeline_tools:RecordingCalc"
@@ -105,18 +104,3 @@ def documents(n: int, seed: int = 0) -> list[dict]:
         parts = [f"{rng.choice(words)} {rng.randint(1, 99)}" for _ in range(rng.randint(1, 3))]
         docs.append({"doc_id": f"doc{i:05d}", "text": ", ".join(parts) + "."})
     return docs
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    with path.open("wb") as f:
-        for r in rows:
-            f.write(r if isinstance(r, bytes) else json.dumps(r).encode())
-            f.write(b"\n")
-    return path
-
-
-def read_kind(out: Path, kind: str) -> list[dict]:
-    rows = []
-    for p in sorted(out.glob(f"{kind}-*.jsonl")):
-        rows += [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line]
-    return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))
