@@ -122,7 +122,8 @@ def _prepare_output(cfg: FinetuneConfig) -> tuple[Path, Path | None]:
     ckpt_dir = out / CHECKPOINTS
     if (out / RESULT_FILE).exists() and not cfg.resume:
         raise UserError(f"--output {out} already holds a fine-tuned model; choose another directory")
-    if out.exists() and any(out.iterdir()) and not ckpt_dir.exists():
+    # (DIR/.lock is run_finetune's one-writer lock, not a file of another kind of directory)
+    if out.exists() and any(p.name != ".lock" for p in out.iterdir()) and not ckpt_dir.exists():
         raise UserError(f"--output {out} exists and is not a fine-tuning directory; choose another one")
     settings_file = ckpt_dir / SETTINGS_FILE
     # A run that failed before its first checkpoint (a bad flag) leaves nothing worth resuming.
@@ -277,6 +278,13 @@ def save_final(trainer: SafeTrainer, cfg: FinetuneConfig, result: dict) -> Path:
 
 def run_finetune(cfg: FinetuneConfig, callbacks=()) -> dict:
     """Train as configured and save; returns what finetune.json holds."""
+    from pipelines.rundir import lock  # one writer per output directory; a crashed run's lock is taken over
+
+    with lock(cfg.output, "finetune"):
+        return _run_finetune(cfg, callbacks)
+
+
+def _run_finetune(cfg: FinetuneConfig, callbacks=()) -> dict:
     t0 = time.time()
     trainer, counts, resume_from = build_trainer(cfg, callbacks)
     if resume_from is not None:

@@ -477,6 +477,13 @@ def run_augment(
     FileSystems.set_options(pipeline_options(extra_args, save_main_session))
     split = split_inputs(inputs)
     tools = tool_setup(settings)
+    # One writer per run directory: a second augment on it is refused; a crashed one's lock is taken over.
+    with rundir.lock(out, "augment"):
+        return _run_parts(settings, split, out, tools, resume, extra_args, save_main_session)
+
+
+def _run_parts(settings, split, out, tools, resume, extra_args, save_main_session):
+    """run_augment under the run directory's lock: the parts still to do, stats.json, _SUCCESS."""
     todo = rundir.prepare(out, settings.to_json(), resume, settings.parts)
     result = None
     for part in todo:
