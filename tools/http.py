@@ -9,17 +9,25 @@ What a call guarantees (tests/test_http_tools.py runs each case against a loopba
 
 * The model's text goes only into the ``query`` parameter: scheme, host, path and every other
   parameter are fixed by configuration, and redirects are not followed (no SSRF through a call).
-* A **total deadline** per call (``deadline_s``) covering connects, retries, backoff and the body.
-  requests' ``timeout=`` is only an idle timeout (a slow-drip reply with ``timeout=1`` took 5.5 s,
-  observed), so each attempt gets ``min(timeout, time left)`` and the body is read piece by piece
-  with a deadline check after each piece.
+* A **total deadline** per call (``deadline_s``) covering connects, retries, backoff, the status
+  line and headers, and the body. requests' ``timeout=`` is only an idle timeout (a slow-drip reply
+  with ``timeout=1`` took 5.5 s, observed; headers trickled a byte every 0.2 s held a call with a
+  1 s deadline for as long as the server liked, 8 s in tests/reliability/test_hostile_servers.py),
+  so each attempt gets ``min(timeout, time left)``, the body is read piece by piece with a deadline
+  check after each piece, and a watchdog shuts the connection's socket down when the deadline
+  passes, which ends any read in progress (the call then fails with ``timeout``). Name resolution
+  happens before a socket exists and is not covered: configure endpoints by IP or a local resolver.
 * Retries follow a urllib3 :class:`~urllib3.util.Retry` policy (its counters, status list,
   backoff schedule and Retry-After parsing) on connection errors and on 429/500/502/503/504; no
   retry on other 4xx, nor by default on read timeouts (a server that hung once is likely to hang
   again). We run the loop ourselves rather than mounting the Retry on the adapter so that sleeps
   are injectable and never pass the deadline. A Retry-After above ``max_retry_after_s`` fails fast.
 * The body is streamed and capped at ``max_bytes``; a non-JSON body, a JSON body without the
-  configured string field, or an HTML page with status 200 give ``ToolError("bad_response")``.
+  configured string field, an HTML page with status 200, or a field that is not valid text (a lone
+  surrogate, NUL or another control character) give ``ToolError("bad_response")``. A
+  ``Retry-After`` that is neither seconds nor a date (``soon``, ``-5``) falls back to the backoff.
+* The model's input must be valid text: one that cannot be encoded as UTF-8 (a lone surrogate)
+  is ``ToolError("parse")``, never sent.
 * Failures are :class:`ToolError` with reason ``timeout``, ``connect``, ``http_<status>`` or
   ``bad_response`` and a one-line message.
 """
@@ -28,6 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -35,12 +45,84 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProtocolError, ReadTimeoutError
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    InvalidHeader,
+    MaxRetryError,
+    ProtocolError,
+    ReadTimeoutError,
+)
 from urllib3.util import Retry
 
 from tools.base import ToolError
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 controls but tab, newline, CR; DEL
+
+# --- The deadline watchdog: which connection a call is using, so it can be cut at the deadline ---
+
+_CURRENT = threading.local()  # .call: the _Watch of the call running in this thread
+
+
+class _Watch:
+    """One call's deadline: the connection it currently uses, and whether the deadline cut it."""
+
+    def __init__(self):
+        self.conn = None
+        self.fired = False
+        self.lock = threading.Lock()
+
+    def use(self, conn) -> None:
+        with self.lock:
+            self.conn = conn
+            if self.fired:
+                self._cut()
+
+    def fire(self) -> None:
+        with self.lock:
+            self.fired = True
+            self._cut()
+
+    def _cut(self) -> None:
+        sock = getattr(self.conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # a blocked recv returns at once
+            except OSError:
+                pass
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def request(self, *args, **kwargs):
+        watch = getattr(_CURRENT, "call", None)
+        if watch is not None:
+            watch.use(self)
+        return super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def request(self, *args, **kwargs):
+        watch = getattr(_CURRENT, "call", None)
+        if watch is not None:
+            watch.use(self)
+        return super().request(*args, **kwargs)
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +185,8 @@ class HttpClient:
         if self._session is None:
             self._session = requests.Session()
             self._session.trust_env = False  # no proxies or .netrc credentials from the environment
+            for prefix in ("http://", "https://"):  # connections the deadline watchdog can cut
+                self._session.mount(prefix, _WatchedAdapter())
         return self._session
 
     def close(self) -> None:
@@ -152,9 +236,32 @@ class HttpClient:
     def get(self, query: str) -> bytes:
         """The body of a successful reply to ``GET url?param=query``; :class:`ToolError` otherwise."""
         e = self.endpoint
-        params = [*e.fixed_params, (e.param, query)]
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ToolError("parse", "the input is not valid text (it holds a lone surrogate)") from None
         host = urlsplit(e.url).netloc
         deadline = self.clock() + e.deadline_s
+        watch = _Watch()
+        timer = threading.Timer(e.deadline_s, watch.fire)
+        timer.daemon = True
+        timer.start()
+        _CURRENT.call = watch
+        try:
+            return self._get(query, host, deadline, watch)
+        except ToolError as err:
+            if watch.fired and err.reason != "timeout":  # the watchdog cut it: say so
+                raise ToolError(
+                    "timeout", f"{host} did not finish within the {e.deadline_s} s deadline"
+                ) from None
+            raise
+        finally:
+            _CURRENT.call = None
+            timer.cancel()
+
+    def _get(self, query: str, host: str, deadline: float, watch: _Watch) -> bytes:
+        e = self.endpoint
+        params = [*e.fixed_params, (e.param, query)]
         retry = self._policy()
         while True:
             remaining = deadline - self.clock()
@@ -169,6 +276,10 @@ class HttpClient:
                     e.url, params=params, timeout=timeout, stream=True, allow_redirects=False
                 )
             except requests.RequestException as exc:
+                if watch.fired:
+                    raise ToolError(
+                        "timeout", f"{host} did not answer within the {e.deadline_s} s deadline"
+                    ) from None
                 failure, error = self._classify(exc, host)
                 try:
                     retry = retry.increment("GET", e.url, error=error)
@@ -186,7 +297,10 @@ class HttpClient:
                         retry = retry.increment("GET", e.url, response=resp.raw)
                     except MaxRetryError:
                         raise failure from None
-                    wait = retry.get_retry_after(resp.raw)
+                    try:
+                        wait = retry.get_retry_after(resp.raw)
+                    except InvalidHeader:  # neither seconds nor a date ("soon", "-5"): back off instead
+                        wait = None
                     if wait is None:
                         wait = retry.get_backoff_time()
                     elif wait > e.max_retry_after_s:
@@ -200,7 +314,10 @@ class HttpClient:
                     raise ToolError(
                         f"http_{status}", f"{host} answered {status} {_one_line(resp.reason, 60)}"
                     )
-                return self._read_body(resp, deadline, host)
+                body = self._read_body(resp, deadline, host)
+                if watch.fired:  # the cut socket ended the body early: not a complete reply
+                    raise ToolError("timeout", f"{host} did not finish its reply within {e.deadline_s} s")
+                return body
 
     def _classify(self, exc: requests.RequestException, host: str) -> tuple[ToolError, Exception]:
         """The ToolError to raise if no retry is left, and the urllib3 error that tells ``Retry``
@@ -256,4 +373,12 @@ class HttpClient:
             value = str(value)
         if not isinstance(value, str) or not value.strip():
             raise ToolError("bad_response", f"reply has no non-empty string field {field!r}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ToolError(
+                "bad_response", f"reply field {field!r} is not valid text (a lone surrogate)"
+            ) from None
+        if _CONTROL.search(value):
+            raise ToolError("bad_response", f"reply field {field!r} holds control characters")
         return value
