@@ -15,6 +15,15 @@ rename, and never deletes the newest complete checkpoint nor the best one. A non
 gradient norm stops training with :class:`TrainingDiverged` naming the step, before the optimizer
 applies it; weights are checked to be finite before every save.
 
+Resuming reads a checkpoint with no pickle that can run code: weights from ``model.safetensors``
+(safetensors); ``trainer_state.json`` as JSON; ``optimizer.pt``, ``scheduler.pt`` and
+``rng_state.pth`` through the Trainer's ``torch.load(..., weights_only=True)`` (PyTorch's restricted
+unpickler: tensors, numbers, strings and containers only; for the RNG state the Trainer also
+allows numpy's array reconstruction, ``ndarray`` and ``dtype``). Before that,
+:func:`verify_checkpoint` checks every file (safetensors header and length, the CRC of every member
+of the torch zip archives, JSON syntax), and any failure while loading is one
+:class:`CheckpointReadError` line naming the file.
+
 Used by finetune/train.py (``toolformer finetune``).
 """
 
@@ -51,6 +60,59 @@ class CheckpointWriteError(UserError):
     """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
 
     exit_code = 4
+
+
+class CheckpointReadError(UserError):
+    """A checkpoint to resume from has a corrupt, truncated or unsafe file (the message names it)."""
+
+
+def _hint(folder: Path) -> str:
+    return f"delete {folder} to resume from the checkpoint before it"
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Every file of ``folder`` readable without unpickling: safetensors headers and lengths, the
+    torch zip archives' CRCs, JSON syntax. :class:`CheckpointReadError` names the first bad file."""
+    import zipfile
+
+    from toolformer.models import ModelError, check_safetensors
+
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file():
+            continue
+        try:
+            if p.suffix == ".safetensors":
+                check_safetensors(p)
+            elif p.suffix in (".pt", ".pth", ".bin"):
+                if not zipfile.is_zipfile(p):
+                    raise ValueError("not a torch zip archive (truncated, or a legacy pickle)")
+                with zipfile.ZipFile(p) as z:
+                    bad = z.testzip()
+                if bad is not None:
+                    raise ValueError(f"member {bad} fails its CRC check")
+            elif p.suffix == ".json":
+                json.loads(p.read_text(encoding="utf-8"))
+        except ModelError as e:
+            raise CheckpointReadError(f"{e}; {_hint(folder)}") from None
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            raise CheckpointReadError(
+                f"corrupt checkpoint file {p}: {' '.join(str(e).split())[:160]}; {_hint(folder)}"
+            ) from None
+
+
+def _loading(folder: str | None, names: tuple[str, ...], fn):
+    """Run a Trainer checkpoint loader; any failure is one line naming the file(s) it reads."""
+    try:
+        return fn()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, KeyError...: one line
+        where = [str(Path(folder) / n) for n in names if (Path(folder) / n).exists()] if folder else []
+        raise CheckpointReadError(
+            f"cannot resume from {' or '.join(where) or folder}: {type(e).__name__}: "
+            f"{' '.join((str(e).strip().splitlines() or [''])[0].split())[:200]}"
+            + (f"; {_hint(Path(folder))}" if folder else "")
+        ) from None
 
 
 def write_manifest(folder: Path, step: int) -> None:
@@ -153,6 +215,8 @@ class SafeTrainer(Trainer):
         """
         from accelerate.utils.memory import should_reduce_batch_size
 
+        if resume_from_checkpoint:
+            verify_checkpoint(Path(resume_from_checkpoint))
         start = None
         if self.shrink_batch_on_oom and not resume_from_checkpoint:
             start = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
@@ -191,6 +255,21 @@ class SafeTrainer(Trainer):
                 f"loss is {loss.item()} at step {self.state.global_step + 1}; stopping "
                 f"(last complete checkpoint: {latest_complete_checkpoint(self.args.output_dir) or 'none'})")
         return loss
+
+    # The Trainer's checkpoint loaders (all torch.load calls there use weights_only=True), made
+    # to fail with one line naming the file instead of a traceback.
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        names = ("model.safetensors", "adapter_model.safetensors", "config.json")
+        load = super()._load_from_checkpoint
+        return _loading(resume_from_checkpoint, names, lambda: load(resume_from_checkpoint, model))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        load = super()._load_optimizer_and_scheduler
+        return _loading(checkpoint, ("optimizer.pt", "scheduler.pt", "scaler.pt"), lambda: load(checkpoint))
+
+    def _load_rng_state(self, checkpoint):
+        load = super()._load_rng_state
+        return _loading(checkpoint, ("rng_state.pth",), lambda: load(checkpoint))
 
     def _get_output_dir(self, trial) -> str:
         return self._staging_dir or super()._get_output_dir(trial)

@@ -118,11 +118,73 @@ def resolve_model(spec: str | None, cache: str | os.PathLike | None = None) -> t
     )
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tiktoken.model")
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a torn ``.safetensors`` file with one line naming it, before anything reads it:
+    the 8-byte header length, the JSON header, and every tensor's bytes inside the file."""
+    import json
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{size} bytes, shorter than the 8-byte header length")
+            n = int.from_bytes(head, "little")
+            if n > min(size - 8, 100 << 20):
+                raise ValueError(f"header of {n} bytes does not fit in the file's {size} bytes")
+            header = json.loads(f.read(n).decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        end = max(
+            (int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0
+        )
+        if 8 + n + end > size:
+            raise ValueError(f"truncated: {size} bytes, its tensors need {8 + n + end}")
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise ModelError(f"broken weights file {path}: {' '.join(str(e).split())[:200]}") from None
+
+
+def check_model_dir(path: str) -> None:
+    """A local model directory's weights and tokenizer files, checked before loading: one line
+    naming the broken or missing file instead of a library's traceback."""
+    d = Path(path)
+    if not d.is_dir():
+        return  # a Hub id: the hub client checks what it downloads
+    if not any((d / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(f"{d} has no tokenizer file (one of {', '.join(TOKENIZER_FILES)})")
+    weights = sorted(d.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for p in d.glob("*.bin")) + sorted(p.name for p in d.glob("*.pt"))
+        hint = f" ({pickled[0]} is a pickle, which is never loaded)" if pickled else ""
+        raise ModelError(f"{d} has no .safetensors weights{hint}")
+    for w in weights:
+        check_safetensors(w)
+
+
+def _first_line(e: BaseException) -> str:
+    return " ".join((str(e).strip().splitlines() or [type(e).__name__])[0].split())[:300]
+
+
 def load_tokenizer(spec: str | None = None, cache: str | os.PathLike | None = None):
     from transformers import AutoTokenizer
 
     path, gguf = resolve_model(spec, cache)
-    tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(path)
+    kwargs = {"trust_remote_code": False}  # never run a model directory's own code
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    else:
+        check_model_dir(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError) as e:
+        named = [str(Path(path) / f) for f in TOKENIZER_FILES if (Path(path) / f).is_file()]
+        raise ModelError(
+            f"cannot load the tokenizer of {spec or DEFAULT_MODEL!r} ({', '.join(named) or path}): "
+            f"{type(e).__name__}: {_first_line(e)}"
+        ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -140,13 +202,19 @@ def load_model(
     path, gguf = resolve_model(spec, cache)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dev, dtype)
-    kwargs = {"dtype": torch_dtype}
+    # Never run a model directory's own code, never unpickle weights: safetensors only (or GGUF).
+    kwargs = {"dtype": torch_dtype, "trust_remote_code": False}
     if gguf:
         kwargs["gguf_file"] = gguf
+    else:
+        check_model_dir(path)
+        kwargs["use_safetensors"] = True
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as e:
-        raise ModelError(f"cannot load model {spec or DEFAULT_MODEL!r}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - OSError, ValueError, SafetensorError...: one line
+        if isinstance(e, ModelError):
+            raise
+        raise ModelError(f"cannot load model {spec or DEFAULT_MODEL!r}: {_first_line(e)}") from None
     tok = load_tokenizer(spec, cache)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id

@@ -173,15 +173,64 @@ def _save_strings(out: Path, name: str, strings: list[bytes]) -> None:
         f.writelines(strings)
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"broken index: {path} is missing (rebuild it with `toolformer index`)") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"broken index file {path}: {' '.join(str(e).split())[:160]}") from None
+
+
+def _load_array(path: Path) -> np.ndarray:
+    """A ``.npy`` array memory-mapped, never unpickled; a missing, truncated or object array is
+    an :class:`InputError` naming the file."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"broken index: {path} is missing (rebuild it with `toolformer index`)") from None
+    except (OSError, ValueError, EOFError) as e:  # truncated header or data, object arrays, garbage
+        raise InputError(f"broken index file {path}: {' '.join(str(e).split())[:160]}") from None
+    if arr.ndim != 1 or arr.dtype.kind not in "iuf":
+        raise InputError(
+            f"broken index file {path}: expected a 1-d numeric array, got {arr.dtype} {arr.shape}"
+        )
+    return arr
+
+
+def _check_index(d: Path, index: BM25Index, n_terms: int) -> None:
+    """The arrays fit together (cheap checks: lengths and end points, not every posting)."""
+    checks = [
+        ("postings.indptr.npy", len(index.indptr) == n_terms + 1, f"{n_terms + 1} entries (vocab + 1)"),
+        ("postings.docs.npy", len(index.indptr) and int(index.indptr[-1]) == len(index.docs),
+         "as many postings as postings.indptr ends with"),
+        ("postings.tf.npy", len(index.tf) == len(index.docs), "as many entries as postings.docs"),
+        ("ids.offsets.npy", len(index.ids) == len(index.doc_len), "one id per passage"),
+        ("titles.offsets.npy", len(index.titles) == len(index.doc_len), "one title per passage"),
+        ("texts.offsets.npy", len(index.texts) == len(index.doc_len), "one text per passage"),
+    ]  # fmt: skip
+    for name, ok, what in checks:
+        if not ok:
+            raise InputError(f"broken index file {d / name}: expected {what}")
+    if index.n == 0:
+        raise InputError(f"broken index file {d / 'doc_len.npy'}: no passages")
+
+
 class _StringColumn:
     """Strings stored as UTF-8 bytes plus offsets, read through a memory map."""
 
     def __init__(self, directory: Path, name: str):
-        self.offsets = np.load(directory / f"{name}.offsets.npy", mmap_mode="r", allow_pickle=False)
+        self.offsets = _load_array(directory / f"{name}.offsets.npy")
         path = directory / f"{name}.bin"
-        self.data = (
-            np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
-        )
+        if not path.is_file():
+            raise InputError(f"broken index: {path} is missing (rebuild it with `toolformer index`)")
+        size = path.stat().st_size
+        if len(self.offsets) == 0 or int(self.offsets[-1]) != size:
+            raise InputError(
+                f"broken index file {path}: {size} bytes, {directory / (name + '.offsets.npy')} says "
+                f"{int(self.offsets[-1]) if len(self.offsets) else '?'} (truncated?)"
+            )
+        self.data = np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -328,23 +377,29 @@ class BM25Index:
             raise InputError(
                 f"{d} is not a WikiSearch index (no meta.json; build one with `toolformer index`)"
             )
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format") != "toolformer-bm25" or meta.get("version") != FORMAT_VERSION:
+        meta = _read_json(meta_path)
+        if not isinstance(meta, dict) or meta.get("format") != "toolformer-bm25" or meta.get("version") != FORMAT_VERSION:
             raise InputError(f"{d}: unsupported index format {meta.get('format')!r} v{meta.get('version')}")
         self.directory, self.meta = d, meta
-        self.k1, self.b, self.epsilon = meta["k1"], meta["b"], meta["epsilon"]
+        try:
+            self.k1, self.b, self.epsilon = float(meta["k1"]), float(meta["b"]), float(meta["epsilon"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"broken index file {meta_path}: no numeric k1, b and epsilon") from None
 
         def load(name: str) -> np.ndarray:
-            return np.load(d / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            return _load_array(d / f"{name}.npy")
 
         self.indptr = load("postings.indptr")
         self.docs = load("postings.docs")
         self.tf = load("postings.tf")
         self.doc_len = np.asarray(load("doc_len"), dtype=np.float64)
-        terms = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
+        terms = _read_json(d / "vocab.json")
+        if not isinstance(terms, list):
+            raise InputError(f"broken index file {d / 'vocab.json'}: not a list of terms")
         self.vocab = dict(zip(terms, range(len(terms))))
         self.ids, self.titles, self.texts = (_StringColumn(d, n) for n in ("ids", "titles", "texts"))
         self.n = len(self.doc_len)
+        _check_index(d, self, len(terms))
         self.avgdl = float(self.doc_len.mean())
         self.idf = self._idf(np.diff(np.asarray(self.indptr)))
         self._norm = self.k1 * (1 - self.b + self.b * self.doc_len / self.avgdl)
