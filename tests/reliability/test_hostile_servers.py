@@ -86,7 +86,9 @@ class RawServer:
 
 
 def response(status: int, body: bytes, headers: tuple = (), length: bool = True) -> bytes:
-    lines = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in headers]
+    # One request per connection (the handler closes it after its script): say so, or the client
+    # may reuse the closed connection for its next call and fail it as "connect" (a race).
+    lines = [f"HTTP/1.1 {status} X", "Connection: close"] + [f"{k}: {v}" for k, v in headers]
     if length:
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
