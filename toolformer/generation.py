@@ -66,6 +66,7 @@ from toolformer.call_format import (
     parse_calls,
     strip_calls,
 )
+from toolformer.cache_api import cache_keyword, output_cache  # noqa: F401  (re-exported)
 from toolformer.errors import UserError
 from tools.base import CallContext, Tool
 from tools.executor import ToolExecutor, ToolOutcome
@@ -184,24 +185,6 @@ class _Row:
     @property
     def fed(self) -> int:
         return len(self.cols)
-
-
-def cache_keyword(model) -> str:
-    """The name of ``model.forward``'s KV-cache argument: ``cache`` since transformers 5.24 renamed
-    it (``past_key_values`` still works there but warns that it goes in 5.40), ``past_key_values``
-    before, or for a model whose forward takes only ``**kwargs``."""
-    try:
-        params = inspect.signature(model.forward).parameters  # follows the deprecation wrapper
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def output_cache(out):
-    """The KV cache of a forward pass's output: ``out.cache`` since transformers 5.24 (reading
-    ``out.past_key_values`` there logs a deprecation warning), ``out.past_key_values`` before."""
-    cache = out.get("cache")  # dict.get: neither name goes through the deprecated property
-    return cache if cache is not None else out.get("past_key_values")
 
 
 class ToolGenerator:

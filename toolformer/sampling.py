@@ -33,6 +33,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from toolformer.call_format import DEFAULT_FORMAT, CallFormat, CallSyntaxError, parse_call
+from toolformer.cache_api import cache_keyword, output_cache
 
 INPUT_SLOT = "{input}"
 
@@ -72,7 +73,7 @@ class PromptCache:
         self.head_ids = tokenizer(self.parts.head, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             out = model(input_ids=torch.tensor([self.head_ids], device=model.device), use_cache=True)
-        self._layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        self._layers = [(layer.keys, layer.values) for layer in output_cache(out).layers]
 
     def __len__(self) -> int:
         return len(self.head_ids)
@@ -131,7 +132,7 @@ def score_positions(
     out = model(
         input_ids=ids.to(model.device),
         attention_mask=mask.to(model.device),
-        past_key_values=cache,
+        **{cache_keyword(model): cache},
         use_cache=True,
         logits_to_keep=width - first,
     )
@@ -143,7 +144,7 @@ def score_positions(
         start = len(m) - 1 - first
         probs.append(logp_api[b, start : start + len(t)].exp())
     return ScoredBatch(
-        cache=out.past_key_values, mask=mask, text_start=[head + len(m) for m in middle_ids], probs=probs
+        cache=output_cache(out), mask=mask, text_start=[head + len(m) for m in middle_ids], probs=probs
     )
 
 
@@ -354,7 +355,7 @@ def sample_calls(
                     input_ids=token[:, None].to(model.device),
                     attention_mask=mask.to(model.device),
                     position_ids=position[:, None].to(model.device),
-                    past_key_values=cache,
+                    **{cache_keyword(model): cache},
                     use_cache=True,
                 )
                 .logits[:, -1]
