@@ -233,3 +233,71 @@ def test_batches_by_tokens_is_a_cheapest_valid_split(lengths, budget, call_cost)
         if all(len(r) == 1 or len(r) * lengths[r[0]] <= budget for r in runs):
             best = cost(runs) if best is None else min(best, cost(runs))
     assert cost(got) == best
+
+
+# --- Departures for small models: blank-token window start, inline calls, a cached prompt ------
+
+
+class RecordingModel(HandSetModel):
+    """The hand-set model, recording every row it is given (pads stripped)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        self.rows += [[t for t, m in zip(r.tolist(), k.tolist()) if m] for r, k in zip(input_ids, attention_mask)]
+        return super().forward(input_ids, attention_mask, position_ids)
+
+
+def test_loss_starts_skip_blank_tokens_only_when_asked():
+    from toolformer.filtering import loss_starts
+
+    S = 7  # a whitespace-only token
+    assert loss_starts([A, S, S, B, S], None) == [0, 1, 2, 3, 4]
+    assert loss_starts([A, S, S, B, S], frozenset({S})) == [0, 3, 3, 3, 4]
+
+
+def test_blank_start_moves_the_window_past_lone_spaces():
+    S = 7
+    x = (A, S, B, B, A, B, B, A)
+    job = FilterJob(text_ids=x, candidates=((1, (C, R), (C,)),))
+    ((literal,),) = filter_losses(HandSetModel(), [job], START, PAD)
+    ((skipped,),) = filter_losses(HandSetModel(), [job], START, PAD, blank_ids=frozenset({S}))
+    # literal: the window is S B B A B (S gets p = 0.5/7 after R); skipped: B B A B B from x_2
+    assert literal.loss_plus == pytest.approx((W[0] + W[3]) * math.log(14) + (W[1] + W[2] + W[4]) * math.log(2), abs=1e-6)
+    assert skipped.loss_plus == pytest.approx((W[0] + W[1] + W[3] + W[4]) * math.log(2) + W[2] * math.log(14), abs=1e-6)
+
+
+def test_inline_mode_puts_the_call_before_x_i_and_reads_the_same_tokens():
+    x = (A, B, B, A, B, B, A)
+    job = FilterJob(text_ids=x, candidates=((1, (C, R), (C,)),))
+    model = RecordingModel()
+    ((inline,),) = filter_losses(model, [job], START, PAD, inline=True)
+    assert sorted(model.rows) == sorted([
+        [START, A, B, B, A, B, B],  # no call: x up to x_5
+        [START, A, C, R, B, B, A, B, B],  # the call with its result, inline before x_1
+        [START, A, C, B, B, A, B, B],  # without its result
+    ])
+    ((prefix,),) = filter_losses(HandSetModel(), [job], START, PAD)
+    # the hand-set model depends only on what came before, not where: the same losses
+    assert (inline.loss_plus, inline.loss_minus) == pytest.approx((prefix.loss_plus, prefix.loss_minus), abs=1e-6)
+
+
+def test_cached_prompt_prefix_equals_the_uncached_sequence(tiny_model):
+    from toolformer.filtering import CachedPrefix
+
+    model, _ = tiny_model
+    head = [5, 17, 42, 9, 88, 31]
+    x = (40, 41, 42, 43, 44, 45, 46, 47, 48)
+    call_r, call_e = (60, 61, 62), (60, 61)
+    job = FilterJob(text_ids=x, candidates=((3, call_r, call_e), (6, call_e, call_e)))
+    ((a, b),) = filter_losses(model, [job], head[-1], 0, prefix=CachedPrefix(model, head[:-1]), inline=True)
+
+    def direct(seq, first, i):
+        (lp,) = token_logprobs(model, [seq], 0, keep_from=[first])
+        return weighted_loss(lp, 0)
+
+    assert a.loss_plus == pytest.approx(direct([*head, *x[:3], *call_r, *x[3:8]], len(head) + 3 + 3 - 1, 3), abs=1e-5)
+    assert a.loss_empty == pytest.approx(direct([*head, *x[:8]], len(head) + 3 - 1, 3), abs=1e-5)
+    assert b.loss_no_result == pytest.approx(direct([*head, *x[:6], *call_e, *x[6:]], len(head) + 6 + 2 - 1, 6), abs=1e-5)

@@ -68,6 +68,7 @@ def token_logprobs(
     pad_id: int,
     padding_side: str = "right",
     keep_from: Sequence[int] | None = None,
+    prefix=None,
 ) -> list[torch.Tensor]:
     """Log-probability of tokens given the ones before them, for a padded batch.
 
@@ -77,6 +78,9 @@ def token_logprobs(
     is a fifth of SmolLM2-135M's FLOPs). Padding never changes a value beyond float noise: the
     attention mask hides pad tokens and, for left padding, position ids start at each sequence's
     first real token (the bug of ports that pad left without position ids).
+
+    ``prefix`` (a :class:`toolformer.sampling.PromptCache`, right padding only): every sequence
+    follows that cached prompt, which is not recomputed (its KV cache is expanded to the batch).
     """
     lengths = [len(s) for s in sequences]
     keep_from = [0] * len(sequences) if keep_from is None else list(keep_from)
@@ -91,8 +95,18 @@ def token_logprobs(
         starts.append(start)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     device = model.device
+    extra = {}
+    if prefix is not None:
+        if padding_side != "right":
+            raise ValueError("a cached prefix needs right padding")
+        position_ids = position_ids + len(prefix)
+        mask = torch.cat([torch.ones((len(sequences), len(prefix)), dtype=torch.long), mask], dim=1)
+        from toolformer.cache_api import cache_keyword
+
+        extra[cache_keyword(model.get_decoder())] = prefix.expanded(len(sequences))
     hidden = model.get_decoder()(
-        input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device)
+        input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
+        **extra,
     ).last_hidden_state
     rows = [hidden[r, st + f : st + n - 1] for r, (st, f, n) in enumerate(zip(starts, keep_from, lengths))]
     targets = torch.cat(
@@ -164,6 +178,47 @@ class FilterJob:
 SETTLE_MARGIN = 1e-4  # lazy filtering skips L(e(c, eps)) only this far below tau_f (rounding)
 
 
+class CachedPrefix:
+    """Token ids encoded once whose KV cache every filter pass continues (``filter_prompt``):
+    the same interface as :class:`toolformer.sampling.PromptCache` (``len`` and ``expanded``)."""
+
+    def __init__(self, model, ids: Sequence[int]):
+        from transformers import DynamicCache
+
+        self.ids = list(ids)
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([self.ids], device=model.device), use_cache=True)
+        from toolformer.cache_api import output_cache
+
+        self._layers = [(layer.keys, layer.values) for layer in output_cache(out).layers]
+        self._cache_cls = DynamicCache
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def expanded(self, batch: int):
+        return self._cache_cls(
+            [(k.expand(batch, -1, -1, -1).contiguous(), v.expand(batch, -1, -1, -1).contiguous())
+             for k, v in self._layers]
+        )
+
+
+def loss_starts(text_ids: Sequence[int], blank_ids: frozenset[int] | None) -> list[int]:
+    """Where L_i's window starts for a call before x_i: i itself (the paper's formula), or with
+    ``blank_ids`` the first token from i on that is not whitespace only. SmolLM2 writes " 555" as
+    " ", "5", "5", "5": the lone space is predicted with near certainty after any prefix, and at
+    w_0 it would carry a third of the window's weight while telling nothing about the call."""
+    n = len(text_ids)
+    starts = list(range(n))
+    if blank_ids:
+        nxt = n - 1 if n else 0
+        for j in range(n - 1, -1, -1):
+            if text_ids[j] not in blank_ids:
+                nxt = j
+            starts[j] = nxt if text_ids[j] in blank_ids else j
+    return starts
+
+
 def filter_losses(
     model,
     jobs: Sequence[FilterJob],
@@ -173,6 +228,9 @@ def filter_losses(
     max_batch_tokens: int = 8192,
     weights: torch.Tensor | None = None,
     settle_below: Sequence[float] | None = None,
+    blank_ids: frozenset[int] | None = None,
+    prefix: CachedPrefix | None = None,
+    inline: bool = False,
 ) -> list[list[CandidateLosses]]:
     """The three losses of every candidate of every job, batched across jobs.
 
@@ -186,34 +244,53 @@ def filter_losses(
     skipped (``loss_no_result`` None, ``loss_minus`` = L(eps), an upper bound): the same calls are
     kept, and most candidates are rejected, so the filter does about half the work. The bound is
     exact for any tau_f at least the run's; a lower tau_f needs the full losses.
+
+    Departures from the paper, each off by default here (the pipeline's settings choose):
+    ``blank_ids`` starts each window at the first non-blank token (:func:`loss_starts`);
+    ``inline`` puts the call where it belongs, [start, x_<i, z, x_i..], instead of before the
+    whole text (one pass per candidate); ``prefix`` (with ``start_id`` its last token) puts a
+    cached prompt before every sequence -- the tool's few-shot examples, which show the model
+    what a call and its result mean, so a right result can lower the loss of the text after it.
     """
     w = loss_weights() if weights is None else weights
     span = len(w)
+    starts = [loss_starts(job.text_ids, blank_ids) for job in jobs]
 
     def lo_of(i: int) -> int:
         return 0 if context_window is None else max(0, i - context_window)
 
+    def key_of(j: int, z: tuple[int, ...], i: int) -> tuple:
+        return (j, z, lo_of(i), i if inline and z else None)
+
     def passes(wanted: Sequence[tuple[int, tuple[int, ...], int]]) -> dict:
-        """Log-probs of the text for each (job, prefix, position): one pass per (job, prefix, lo)."""
-        # (job, prefix, lo) -> [first position, hi]: one pass covers x[lo:hi]; log-probs from x_first.
-        needs: dict[tuple[int, tuple[int, ...], int], list[int]] = {}
-        for j, prefix, i in wanted:
-            hi = min(len(jobs[j].text_ids), i + span)
-            need = needs.setdefault((j, prefix, lo_of(i)), [i, hi])
+        """Log-probs of the text for each (job, prefix, position): one pass per key_of(...)."""
+        # key -> [first position, hi]: one pass covers x[lo:hi]; log-probs from x_first on.
+        needs: dict[tuple, list[int]] = {}
+        for j, z, i in wanted:
+            hi = min(len(jobs[j].text_ids), starts[j][i] + span) if jobs[j].text_ids else 0
+            need = needs.setdefault(key_of(j, z, i), [i, hi])
             need[0], need[1] = min(need[0], i), max(need[1], hi)
         keys = list(needs)
-        seqs = [[start_id, *z, *jobs[j].text_ids[lo : needs[(j, z, lo)][1]]] for j, z, lo in keys]
-        first = [len(z) + needs[(j, z, lo)][0] - lo for j, z, lo in keys]
+        seqs, first = [], []
+        for j, z, lo, at in keys:
+            text, (fst, hi) = jobs[j].text_ids, needs[(j, z, lo, at)]
+            if at is None:
+                seqs.append([start_id, *z, *text[lo:hi]])
+                first.append(len(z) + fst - lo)
+            else:  # inline: the call sits before x_at, log-probs from x_at on
+                seqs.append([start_id, *text[lo:at], *z, *text[at:hi]])
+                first.append(at - lo + len(z))
         found = {}
         for batch in batches_by_tokens([len(q) for q in seqs], max_batch_tokens):
-            got = token_logprobs(model, [seqs[k] for k in batch], pad_id, keep_from=[first[k] for k in batch])
+            got = token_logprobs(model, [seqs[k] for k in batch], pad_id, keep_from=[first[k] for k in batch],
+                                 prefix=prefix)
             for k, lp in zip(batch, got):
                 found[keys[k]] = (lp, needs[keys[k]][0])  # log-probs of x[first:hi], and first
         return found
 
     def loss(found: dict, j: int, z: tuple[int, ...], i: int) -> float:
-        logp, first_i = found[(j, z, lo_of(i))]
-        return weighted_loss(logp, i - first_i, w)
+        logp, first_i = found[key_of(j, z, i)]
+        return weighted_loss(logp, starts[j][i] - first_i, w)
 
     cands = [(j, i, plus, minus) for j, job in enumerate(jobs) for i, plus, minus in job.candidates]
     lazy = settle_below is not None
