@@ -180,6 +180,8 @@ def parquet_schemas():
             ("loss_no_result", f64),
             ("delta", f64),
             ("kept", pa.bool_()),
+            ("grounded", pa.bool_()),
+            ("dropped", pa.string()),
         ]
     )
     return texts, cands
@@ -223,7 +225,11 @@ def tool_setup(settings: RunSettings) -> dict[str, Any]:
         tool = cls(**tool_config)
         specs[name], config[name], takes_input[name] = spec, tool_config, cls.takes_input
         templates[name] = tool.prompt_template
-        per_tool[name] = settings.for_tool(spec).__dict__
+        per_tool[name] = dict(settings.for_tool(spec).__dict__)
+        # the examples the filter puts before each text with filter_context=prompt (results included)
+        per_tool[name]["filter_examples"] = (
+            tool.filter_examples() if per_tool[name]["filter_context"] == "prompt" else ""
+        )
     return {
         "specs": specs,
         "templates": templates,
@@ -312,7 +318,9 @@ def build_pipeline(
         | "CountSamples" >> beam.ParDo(CountSamplesFn()).with_outputs(FINISHED, main="units")
     )
     executed = sampled.units | "Execute" >> beam.ParDo(
-        ExecuteFn(tools["specs"], tools["config"], settings.tool_retries)
+        ExecuteFn(
+            tools["specs"], tools["config"], settings.tool_retries, {n: s["grounded"] for n, s in per_tool.items()}
+        )
     )
     filtered = (
         executed

@@ -19,7 +19,7 @@ import torch
 from apache_beam.ml.inference.base import ModelHandler
 
 from toolformer.call_format import render_call
-from toolformer.filtering import FilterJob, batches_by_tokens, filter_losses
+from toolformer.filtering import CachedPrefix, FilterJob, batches_by_tokens, filter_losses
 from toolformer.insertion import char_position
 from toolformer.models import ModelError, load_model
 from toolformer.sampling import (
@@ -37,6 +37,20 @@ from toolformer.sampling import (
 PROGRESS_EVERY_S = 15.0
 progress_log = logging.getLogger("toolformer.progress")  # `toolformer augment` shows it at INFO
 LOSS_DECIMALS = 6  # losses are stored rounded, and kept/refilter decide on the stored values
+
+
+def token_classes(tokenizer) -> tuple[frozenset[int], frozenset[int], frozenset[int]]:
+    """(tokens that begin with a space or tab, tokens that end a line, whitespace-only tokens)."""
+    space, line, blank = set(), set(), set()
+    for tid in range(len(tokenizer)):
+        t = tokenizer.decode([tid])
+        if t[:1] in (" ", "\t"):
+            space.add(tid)
+        if t.endswith("\n"):
+            line.add(tid)
+        if t and not t.strip():
+            blank.add(tid)
+    return frozenset(space), frozenset(line), frozenset(blank)
 
 
 def unit_tokens(unit: dict) -> int:
@@ -83,6 +97,20 @@ class AugmentModel:
         self.lazy_filter = lazy_filter
         self.prompts = {name: PromptCache(self.model, tok, t) for name, t in templates.items()}
         self.closing, self.abandoning = stop_token_ids(tok)
+        self.space_start, self.line_end, self.blank = token_classes(tok)
+        # filter_context=prompt: [start, examples] cached but for its last token, which starts each pass
+        self.filter_prefixes: dict[str, tuple[CachedPrefix, int]] = {}
+        for name, s in tool_settings.items():
+            if s.get("filter_context") == "prompt":
+                ids = [self.start_id, *tok(s["filter_examples"].rstrip(" "), add_special_tokens=False)["input_ids"]]
+                self.filter_prefixes[name] = (CachedPrefix(self.model, ids[:-1]), ids[-1])
+
+    def word_starts(self, ids: Sequence[int]) -> torch.Tensor:
+        """Positions i where a call may go with ``positions=word``: x_i begins with a space, or
+        x_(i-1) ends a line. Never between two digits or inside a word (SmolLM2 writes " 555" as
+        " ", "5", "5", "5": only the lone space starts the word)."""
+        ok = [tid in self.space_start or (i > 0 and ids[i - 1] in self.line_end) for i, tid in enumerate(ids)]
+        return torch.tensor(ok, dtype=torch.bool)
 
     def encode_text(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         enc = self.tokenizer(" " + text, add_special_tokens=False, return_offsets_mapping=True)
@@ -119,7 +147,10 @@ class AugmentModel:
                 requests, kept = [], []
                 for row, c in enumerate(chunk):
                     u = units[members[c]]
-                    positions = select_positions(scored.probs[row], s["k"], s["tau_s"])
+                    probs = scored.probs[row]
+                    if s.get("positions", "token") == "word":
+                        probs = probs.masked_fill(~self.word_starts(enc[c][0]), 0.0)
+                    positions = select_positions(probs, s["k"], s["tau_s"])
                     kept.append(positions)
                     requests += [
                         SampleRequest(row, i, stable_seed(u["seed"], u["doc_id"], tool, u["offset"], i, j))
@@ -203,32 +234,47 @@ class AugmentModel:
         """L+, L-, L(eps) and L(call without result) for every candidate (with a result) of each
         unit ``{"tool", "text", "candidates": [{"token_position", "input", "result", "error"}]}``;
         candidates whose call failed (``error`` set) are skipped."""
-        enc = lambda s: tuple(self.tokenizer(s, add_special_tokens=False)["input_ids"])
-        jobs = [
-            FilterJob(
-                tuple(self.encode_text(u["text"])[0]),
-                tuple(
-                    (
-                        c["token_position"],
-                        enc(render_call(u["tool"], c["input"], c["result"])),
-                        enc(render_call(u["tool"], c["input"])),
-                    )
-                    for c in u["candidates"]
-                    if c.get("error") is None
-                ),
-            )
-            for u in units
-        ]
         t0 = time.perf_counter()
-        losses = filter_losses(
-            self.model,
-            jobs,
-            self.start_id,
-            self.pad_id,
-            self.context_window,
-            self.max_batch_tokens,
-            settle_below=[self.settings[u["tool"]]["tau_f"] for u in units] if self.lazy_filter else None,
-        )
+        losses: list = [None] * len(units)
+        # units of one tool share its filter settings; one filter call per (tool) group
+        by_tool: dict[str, list[int]] = {}
+        for n, u in enumerate(units):
+            by_tool.setdefault(u["tool"], []).append(n)
+        for tool, members in sorted(by_tool.items()):
+            s = self.settings[tool]
+            mode = s.get("filter_context", "prefix")
+            lead = " " if mode != "prefix" else ""  # inline: the call follows x_<i with its own space
+            enc = lambda t: tuple(self.tokenizer(lead + t, add_special_tokens=False)["input_ids"])
+            jobs = [
+                FilterJob(
+                    tuple(self.encode_text(units[n]["text"])[0]),
+                    tuple(
+                        (
+                            c["token_position"],
+                            enc(render_call(tool, c["input"], c["result"])),
+                            enc(render_call(tool, c["input"])),
+                        )
+                        for c in units[n]["candidates"]
+                        if c.get("error") is None and not c.get("dropped")
+                    ),
+                )
+                for n in members
+            ]
+            prefix, first_id = self.filter_prefixes.get(tool, (None, self.start_id))
+            got = filter_losses(
+                self.model,
+                jobs,
+                first_id,
+                self.pad_id,
+                self.context_window,
+                self.max_batch_tokens,
+                settle_below=[s["tau_f"]] * len(jobs) if self.lazy_filter else None,
+                blank_ids=self.blank if s.get("loss_start", "token") == "nonspace" else None,
+                prefix=prefix,
+                inline=mode != "prefix",
+            )
+            for n, per_unit in zip(members, got):
+                losses[n] = per_unit
         seconds = (time.perf_counter() - t0) / max(1, len(units))
         r = lambda v: None if v is None else round(v, LOSS_DECIMALS)
         return [

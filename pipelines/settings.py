@@ -23,6 +23,19 @@ class ToolSettings:
     window: int = 512  # documents are split into windows of at most this many tokens
     max_call_tokens: int = 32  # a sample that has not closed after this many tokens is dropped
     temperature: float = 1.0
+    # Departures from the paper for small models with digit-by-digit tokenizers (README lists them):
+    # "word": a call may go only before a word start (a token that begins with a space, or the first
+    # of a line), never between two digits or inside a word; "token": before any token (the paper).
+    positions: str = "word"
+    # "nonspace": L_i's window starts at the first token from x_i on that is not whitespace only
+    # (SmolLM2's lone " " before digits); "token": at x_i, the paper's formula literally.
+    loss_start: str = "nonspace"
+    # Drop a candidate before the filter unless its input is read in the text before it (tools
+    # with such a rule: Calculator's numbers, MT's text; the paper's rule for MT, App. A.1).
+    grounded: bool = True
+    # Where the filter puts the call: "prefix" before the whole text (the paper), "inline" at its
+    # position, "prompt" inline after the tool's few-shot examples with results.
+    filter_context: str = "prompt"
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.m < 1 or self.window < 8 or self.max_call_tokens < 2:
@@ -31,6 +44,16 @@ class ToolSettings:
             )
         if self.temperature < 0:
             raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+
+CHOICES = {
+    "positions": ("word", "token"),
+    "loss_start": ("nonspace", "token"),
+    "filter_context": ("prefix", "inline", "prompt"),
+}
 
 
 # The paper: tau_s = 0.05, k = 5, m = 5, tau_f = 1.0; Calculator and MT: tau_s = 0, k = 20, m = 10,

@@ -216,8 +216,22 @@ class CountSamplesFn(beam.DoFn):
 # --- Execute ----------------------------------------------------------------------------------
 
 
+def ground_candidates(unit: dict, tool, required: bool) -> dict:
+    """Mark each candidate ``grounded`` (its input is read in the text before it: the tool's rule,
+    :meth:`tools.base.Tool.grounded`); with ``required`` the others are ``dropped`` before they are
+    executed or filtered (``dropped: "ungrounded"``; recorded, never kept). The text before is the
+    unit's window up to the call."""
+    out = []
+    for c in unit["candidates"]:
+        before = unit["text"][: max(0, c["position"] - unit["offset"])]
+        ok = bool(tool.grounded(c["input"], before))
+        out.append({**c, "grounded": ok, "dropped": None if ok or not required else "ungrounded"})
+    return {**unit, "candidates": out}
+
+
 def execute_candidates(unit: dict, executor, retries: int = 2) -> tuple[dict, list[dict]]:
-    """Run every candidate's call through the executor, with the document's date as context.
+    """Run every candidate's call through the executor, with the document's date as context
+    (candidates already ``dropped`` are not run: result and error stay None).
 
     Returns the unit (each candidate now has ``result`` or ``error``/``message``) and dead letters
     for the failures. Transient failures are retried (tools are deterministic or read-only, so a
@@ -230,6 +244,9 @@ def execute_candidates(unit: dict, executor, retries: int = 2) -> tuple[dict, li
     )
     out, dead = [], []
     for cand in unit["candidates"]:
+        if cand.get("dropped"):
+            out.append({**cand, "result": None, "error": None})
+            continue
         for _ in range(retries + 1):
             try:
                 outcome = executor.execute(unit["tool"], cand["input"], context)
@@ -254,7 +271,10 @@ def execute_candidates(unit: dict, executor, retries: int = 2) -> tuple[dict, li
 def execute_counts(unit: dict) -> dict[str, int]:
     """Executed calls and failures by reason (``tool_failures:<tool>:<reason>``) of an executed unit."""
     tool = unit["tool"]
-    counts = {f"executed:{tool}": len(unit["candidates"])}
+    dropped = sum(bool(c.get("dropped")) for c in unit["candidates"])
+    counts = {f"executed:{tool}": len(unit["candidates"]) - dropped}
+    if dropped:
+        counts[f"ungrounded:{tool}"] = dropped
     for c in unit["candidates"]:
         if c["error"] is not None:
             counts = add_counts(counts, {f"tool_failures:{tool}:{c['error']}": 1})
@@ -264,8 +284,15 @@ def execute_counts(unit: dict) -> dict[str, int]:
 class ExecuteFn(beam.DoFn):
     """Execute a unit's calls; its dead letters and counts travel on with it to FinishUnit."""
 
-    def __init__(self, tool_specs: Mapping[str, str], tool_config: Mapping[str, dict], retries: int):
+    def __init__(
+        self,
+        tool_specs: Mapping[str, str],
+        tool_config: Mapping[str, dict],
+        retries: int,
+        require_grounded: Mapping[str, bool] | None = None,
+    ):
         self.tool_specs, self.tool_config, self.retries = dict(tool_specs), dict(tool_config), retries
+        self.require_grounded = dict(require_grounded or {})
 
     def setup(self):
         from tools.base import get_tool
@@ -277,6 +304,8 @@ class ExecuteFn(beam.DoFn):
 
     def process(self, unit):
         t0 = time.perf_counter()
+        tool = self.executor.tools[unit["tool"]]
+        unit = ground_candidates(unit, tool, self.require_grounded.get(unit["tool"], False))
         unit, dead = execute_candidates(unit, self.executor, self.retries)
         record_seconds("execute", time.perf_counter() - t0)
         yield {**unit, "counts": add_counts(unit["counts"], execute_counts(unit)), "dead": dead}
@@ -301,8 +330,10 @@ def candidate_records(unit: dict, losses: list[dict], tau_f: float) -> list[dict
             "result": c["result"],
             "error": c["error"],
             "threshold": tau_f,
+            "grounded": c.get("grounded"),
+            "dropped": c.get("dropped"),
         }
-        if c["error"] is None:
+        if c["error"] is None and not c.get("dropped"):
             loss = next(loss_iter)
             delta = round(loss["loss_minus"] - loss["loss_plus"], 6)
             rec.update(loss, delta=delta, kept=keep_if_useful(loss["loss_plus"], loss["loss_minus"], tau_f))

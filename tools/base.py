@@ -84,6 +84,37 @@ class Tool:
         """The paper's document heuristic: should this tool see this document?"""
         return True
 
+    def grounded(self, input: str, text_before: str) -> bool:
+        """Whether a sampled call's input can be read in the text before the call. Tools with such
+        a rule (Calculator, MT) refuse calls that copy what the text says only later (a model
+        reading ``sold [Calculator(555 - 315) -> 240] 240 rolls ... 555 in total`` copies the
+        answer). Tools without one accept every input."""
+        return True
+
+    def filter_examples(self) -> str:
+        """The prompt's examples as plain texts with calls *and results*, one per paragraph: what
+        the filter puts before each text with ``filter_context=prompt``. A call this tool cannot
+        answer without a document (Calendar's date) or an index stays without a result."""
+        from toolformer.call_format import parse_calls, render_call
+
+        texts = []
+        for line in self.prompt_template.split(INPUT_SLOT)[0].splitlines():
+            if not line.startswith("Output:"):
+                continue
+            text = line[len("Output:") :].strip()
+            pieces, last = [], 0
+            for call in parse_calls(text, known_tools=[self.name]):
+                result = call.result
+                if result is None:
+                    try:
+                        result = self(call.input, CallContext())
+                    except Exception:  # noqa: BLE001  (no result for this example: it stays without)
+                        result = None
+                pieces += [text[last : call.span[0]], render_call(call.tool, call.input, result)]
+                last = call.span[1]
+            texts.append("".join(pieces) + text[last:])
+        return "".join(t + "\n\n" for t in texts)
+
     def __call__(self, input: str, context: CallContext) -> str:
         raise ToolError("internal", f"{type(self).__name__} does not implement __call__")
 

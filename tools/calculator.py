@@ -306,3 +306,8 @@ class Calculator(Tool):
 
     def accepts(self, document: Mapping[str, Any], rng: random.Random) -> bool:
         return heuristics.calculator_accepts(str(document.get("text", "")), rng, self.random_share)
+
+    def grounded(self, input: str, text_before: str) -> bool:
+        """Every number of the expression is written in the text before the call (1,200 = 1200,
+        0.5 = .5 = 0.50); an expression without numbers is not grounded."""
+        return heuristics.numbers_grounded(input, text_before)

@@ -49,6 +49,39 @@ def numbers_in(text: str) -> list[Fraction]:
     return [Fraction(m.group(0).replace(",", "")) for m in _NUMBER.finditer(text)]
 
 
+# Grounding (no answers from the future): numbers as text writes them, ".5" and "1,200" included.
+_TEXT_NUMBER = re.compile(r"(?<![\d.])(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?|(?<![\d.])\.\d+")
+_EXPR_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?|\.\d+")
+NUMBER_WORDS = {
+    w: Fraction(v)
+    for v, ws in {
+        1: "one a an", 2: "two half twice double both pair", 3: "three triple third thrice", 4: "four quarter",
+        5: "five", 6: "six", 7: "seven week weekly", 8: "eight", 9: "nine", 10: "ten", 11: "eleven",
+        12: "twelve dozen months", 13: "thirteen", 14: "fourteen", 15: "fifteen", 16: "sixteen",
+        17: "seventeen", 18: "eighteen", 19: "nineteen", 20: "twenty", 24: "hours", 30: "thirty",
+        40: "forty", 50: "fifty", 60: "sixty minutes", 100: "hundred percent %",
+    }.items()
+    for w in ws.split()
+}
+_WORD = re.compile(r"[a-z]+|%")
+
+
+def text_numbers(text: str) -> set[Fraction]:
+    """The values a text states: its numerals (``1,200``, ``3.5``, ``.5``) and the number words
+    of :data:`NUMBER_WORDS` (``half`` -> 2, ``dozen`` -> 12, ``%``/``percent`` -> 100)."""
+    values = {Fraction(m.group(0).replace(",", "")) for m in _TEXT_NUMBER.finditer(text)}
+    values |= {NUMBER_WORDS[w] for w in _WORD.findall(text.lower()) if w in NUMBER_WORDS}
+    return values
+
+
+def numbers_grounded(expression: str, text_before: str) -> bool:
+    """Whether every number of a Calculator expression is stated in ``text_before`` (by value:
+    1,200 = 1200, 0.5 = .5 = 0.50; number words count, see :func:`text_numbers`). An expression
+    without a number is not grounded (there is nothing it was computed from)."""
+    wanted = {Fraction(m.group(0).replace(",", "")) for m in _EXPR_NUMBER.finditer(expression)}
+    return bool(wanted) and wanted <= text_numbers(text_before)
+
+
 def has_arithmetic_relation(numbers: list[Fraction]) -> bool:
     """Whether some number equals a + b, a - b, a × b or a / b of two others (distinct positions).
 

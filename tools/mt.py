@@ -86,3 +86,9 @@ class MT(Tool):
 
     def accepts(self, document: Mapping[str, Any], rng: random.Random) -> bool:
         return heuristics.has_foreign_text(str(document.get("text", "")))
+
+    def grounded(self, input: str, text_before: str) -> bool:
+        """The paper's MT rule (App. A.1): the text to translate is written before the call
+        (compared with whitespace runs collapsed)."""
+        text = " ".join(input.split())
+        return bool(text) and text in " ".join(text_before.split())
