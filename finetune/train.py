@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import math
+import random
 import os
 import shutil
 import time
@@ -60,10 +61,12 @@ class FinetuneConfig:
     dev_data: list[str] | None = None
     dev_share: float = 0.05  # used when no dev_data is given
     mix_original: float = 0.0
-    # Keep only texts with at least one call. The paper trains on all of C* (C's texts with calls
-    # added), drawn from per-API example sets; with a small model few texts keep a call, and this
-    # makes a short run see them.
-    only_with_calls: bool = False
+    # Keep only texts with at least one call (the paper, section 4.1: C* holds the texts into which
+    # a call was inserted; most texts keep none, and a small model trained on them learns no calls).
+    only_with_calls: bool = True
+    # With only_with_calls: also keep this share of the texts without a call (relative to the texts
+    # with calls; 0.5 = one plain text per two with calls), so the model still sees plain text.
+    plain_share: float = 0.0
     max_length: int = 1024  # the paper's sequence length
     batch_size: int = 8  # per device and micro-step
     effective_batch_size: int = 128  # the paper's batch; reached by gradient accumulation
@@ -75,7 +78,8 @@ class FinetuneConfig:
     max_steps: int = 2000  # the paper's maximum
     save_steps: int = 500  # dev perplexity and a checkpoint every N steps (the paper: every 500)
     keep_checkpoints: int = 2
-    final_weights: Literal["last", "best"] = "last"
+    # the paper (App. B) evaluates dev perplexity during training and picks by it: the best by default
+    final_weights: Literal["last", "best"] = "best"
     mask_results: bool = False
     marker_tokens: bool = False
     lora: bool = False
@@ -152,7 +156,12 @@ def read_split(cfg: FinetuneConfig) -> tuple[list[str], list[str], dict]:
     if cfg.only_with_calls:
         keep = [i for i, t in enumerate(corpus.texts) if count_calls(t)]
         if not keep:
-            raise UserError(f"--only-with-calls: no text in {', '.join(cfg.data)} holds a call with a result")
+            raise UserError(f"--only-with-calls (the default): no text in {', '.join(cfg.data)} holds a call "
+                            "with a result; pass --no-only-with-calls to train on plain texts")
+        plain = [i for i, t in enumerate(corpus.texts) if not count_calls(t)]
+        if cfg.plain_share > 0 and plain:
+            rng = random.Random(cfg.seed)
+            keep = sorted(keep + rng.sample(plain, min(len(plain), round(cfg.plain_share * len(keep)))))
         corpus = dataclasses.replace(corpus, texts=[corpus.texts[i] for i in keep],
                                      sources=[corpus.sources[i] for i in keep] if corpus.sources else [])
     if cfg.dev_data:
@@ -323,7 +332,8 @@ def finetune(
     dev_data: list[str] | None = None,
     dev_share: float = 0.05,
     mix_original: float = 0.0,
-    only_with_calls: bool = False,
+    only_with_calls: bool = True,
+    plain_share: float = 0.0,
     max_length: int = 1024,
     batch_size: int = 8,
     effective_batch_size: int = 128,
@@ -333,7 +343,7 @@ def finetune(
     max_steps: int = 2000,
     save_steps: int = 500,
     keep_checkpoints: int = 2,
-    final_weights: Literal["last", "best"] = "last",
+    final_weights: Literal["last", "best"] = "best",
     mask_results: bool = False,
     marker_tokens: bool = False,
     lora: bool = False,
@@ -354,7 +364,10 @@ def finetune(
         dev_data: held-out texts for dev perplexity (default: a --dev-share of --data).
         dev_share: share of --data held out as dev set when --dev-data is not given.
         mix_original: share of texts with calls whose call-free original is added to train.
-        only_with_calls: train (and evaluate) only on texts holding at least one call.
+        only_with_calls: train (and evaluate) only on texts holding at least one call (the paper, 4.1;
+            --no-only-with-calls trains on every text).
+        plain_share: with --only-with-calls, also keep this share of texts without calls (relative to
+            the texts with calls).
         max_length: sequence length in tokens (longer texts are cut; the paper: 1024).
         batch_size: sequences per device and micro-step.
         effective_batch_size: sequences per optimizer step, via gradient accumulation (the paper: 128).
@@ -364,7 +377,8 @@ def finetune(
         max_steps: optimizer steps (the paper: up to 2000).
         save_steps: dev perplexity and a checkpoint every N steps.
         keep_checkpoints: complete checkpoints to keep (the newest and the best are always kept).
-        final_weights: which weights go to OUTPUT: the last step's or the best dev perplexity's.
+        final_weights: which weights go to OUTPUT: the best dev perplexity's (the paper, App. B) or the
+            last step's.
         mask_results: leave tool results out of the loss (the paper trains on them).
         marker_tokens: add <API>, </API> and → as new tokens and write calls with them (such models
             are not yet supported by `toolformer generate`, which refuses them).
@@ -379,7 +393,8 @@ def finetune(
     """
     cfg = FinetuneConfig(
         data=data or [], output=output or "", model=model, text_field=text_field, dev_data=dev_data,
-        dev_share=dev_share, mix_original=mix_original, only_with_calls=only_with_calls, max_length=max_length, batch_size=batch_size,
+        dev_share=dev_share, mix_original=mix_original, only_with_calls=only_with_calls, plain_share=plain_share,
+        max_length=max_length, batch_size=batch_size,
         effective_batch_size=effective_batch_size, learning_rate=learning_rate, warmup_share=warmup_share,
         lr_schedule=lr_schedule, max_steps=max_steps, save_steps=save_steps,
         keep_checkpoints=keep_checkpoints,

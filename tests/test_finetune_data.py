@@ -185,5 +185,12 @@ def test_only_with_calls_keeps_the_texts_that_hold_a_call(tmp_path):
     train, _, counts = read_split(cfg)
     assert train == [rows[1], rows[3]] and counts["train_calls"] == 2
     (tmp_path / "none.jsonl").write_text(json.dumps({"text": "no calls"}) + "\n")
-    with pytest.raises(UserError, match="--only-with-calls: no text"):
-        read_split(FinetuneConfig(data=[str(tmp_path / "none.jsonl")], output="o", only_with_calls=True))
+    with pytest.raises(UserError, match="--only-with-calls \\(the default\\): no text"):
+        read_split(FinetuneConfig(data=[str(tmp_path / "none.jsonl")], output="o"))
+    # plain_share: one plain text per two with calls (seeded draw among the three plain ones)
+    cfg = FinetuneConfig(data=[str(data)], output=str(tmp_path / "o"), plain_share=0.5, dev_data=[str(data)])
+    train, _, _ = read_split(cfg)
+    assert len(train) == 3 and rows[1] in train and rows[3] in train
+    assert len([t for t in train if t in (rows[0], rows[2], rows[4])]) == 1
+    cfg = FinetuneConfig(data=[str(data)], output=str(tmp_path / "o"), only_with_calls=False, dev_data=[str(data)])
+    assert read_split(cfg)[0] == rows
