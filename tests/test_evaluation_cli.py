@@ -87,7 +87,7 @@ def test_table_numbers_with_and_without_tools(tmp_path, tiny_model_dir, mawps_fi
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 8
     first = predictions[4]  # the first with-tools prediction
-    assert first["prompt"] == "Question: " + MAWPS[0]["input"] + "\nAnswer:"
+    assert first["prompt"] == MAWPS[0]["input"] + " The answer is"  # the paper's prompt (App. C)
     assert (first["output"], first["answer"], first["extracted"], first["gold"], first["correct"]) == (
         " [Calculator(70 - 27) -> 43] 43 seashells", " 43 seashells", 43.0, 43.0, True)
     assert first["calls"] == [{"tool": "Calculator", "input": "70 - 27", "result": "43", "error": None}]
@@ -178,7 +178,7 @@ def test_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir, mawps_file):
         assert cond["tool_call_share"] == sum(bool(p["calls"]) for p in rows) / 3
         assert sum(cond["calls_per_tool"].values()) == sum(len(p["calls"]) for p in rows)
         for p in rows:
-            assert p["prompt"].startswith("Question: ") and p["prompt"].endswith("\nAnswer:")
+            assert p["prompt"].endswith(" The answer is")  # the paper's math prompt
             assert "\n" not in p["output"]  # generation stops at a newline
     assert [c["tools"] for c in results["conditions"]] == [False, True]
     assert all(p["calls"] == [] for p in predictions if not p["tools"])
@@ -207,8 +207,8 @@ def test_one_shot_reaches_the_prompts(tmp_path, tiny_model_dir, mawps_file, scri
     evaluate(task="math", model=[str(tiny_model_dir)], data=str(mawps_file), limit=1, one_shot=True,
              output=str(tmp_path / "o"), progress=False)
     (plain_prompts, *_), (tool_prompts, *_) = scripted
-    assert plain_prompts[0].startswith("Question: Tom had 35 apples") and "[Calculator(" not in plain_prompts[0]
-    assert "Answer: [Calculator(35 - 12) -> 23] 23\n\nQuestion: Joan found 70" in tool_prompts[0]
+    assert plain_prompts[0].startswith("Tom had 35 apples") and "[Calculator(" not in plain_prompts[0]
+    assert "The answer is [Calculator(35 - 12) -> 23] 23\n\nJoan found 70" in tool_prompts[0]
     assert json.loads((tmp_path / "o" / "results.json").read_text())["one_shot"] is True
     assert (tmp_path / "o" / "results.md").read_text().startswith("# math: mawps.jsonl (one-shot)\n")
 
@@ -228,5 +228,8 @@ def test_date_in_prompt(tmp_path, tiny_model_dir, monkeypatch):
     evaluate(task="dates", model=[str(tiny_model_dir)], data=str(saved), tools=False, date_in_prompt=True,
              progress=False)
     evaluate(task="dates", model=[str(tiny_model_dir)], data=str(saved), tools=False, progress=False)
-    assert prompts == ["Question: Today is Monday, January 30, 2023. What year is it today?\nAnswer:",
+    evaluate(task="dates", model=[str(tiny_model_dir)], data=str(saved), tools=False, progress=False,
+             prompt_style="qa")
+    assert prompts == ["Answer the following question: Today is Monday, January 30, 2023. What year is it today?",
+                       "Answer the following question: What year is it today?",
                        "Question: What year is it today?\nAnswer:"]

@@ -12,6 +12,16 @@ def test_zero_shot_prompts():
         "Please complete the following text so that it is factually correct: Alan Turing works in the field of")
 
 
+def test_paper_prompts_app_c():
+    assert render_prompt("math", "Tom has 3 apples. How many?", style="paper") == (
+        "Tom has 3 apples. How many? The answer is")
+    assert render_prompt("dates", "What day is it today?", style="paper") == (
+        "Answer the following question: What day is it today?")
+    with_tool = render_prompt("math", "Q?", one_shot=True, tool_names=["Calculator"], style="paper")
+    assert with_tool == ("Tom had 35 apples and sold 12 of them. How many apples does he have left? The answer is"
+                         " [Calculator(35 - 12) -> 23] 23\n\nQ? The answer is")
+
+
 def test_one_shot_shows_the_call_only_to_conditions_with_that_tool():
     with_tool = render_prompt("math", "Q?", one_shot=True, tool_names=["Calculator", "Calendar"])
     assert with_tool == ("Question: Tom had 35 apples and sold 12 of them. How many apples does he have left?\n"

@@ -85,6 +85,7 @@ def evaluate(
     dtype: str | None = None,
     one_shot: bool = False,
     date_in_prompt: bool = False,
+    prompt_style: Literal["paper", "qa"] = "paper",
     progress: bool = True,
 ) -> int:
     """Evaluate models zero-shot with and without tools (paper protocol) and print a table.
@@ -116,6 +117,8 @@ def evaluate(
         dtype: float32, bfloat16 or float16 (default: bf16 on CUDA, fp32 elsewhere).
         one_shot: put one worked example that calls a tool before every prompt (the "prompted" base
             model with tools; conditions without that tool see the example without its call).
+        prompt_style: paper (the paper's templates, App. C: math "... The answer is", dates "Answer the
+            following question: ...?") or qa ("Question: ...\nAnswer:", this project's earlier default).
         date_in_prompt: dates: start each question with its "today" ("Today is Monday, January 30,
             2023. How many days ...?"); by default only the Calendar tool knows it.
         progress: show progress bars.
@@ -170,7 +173,8 @@ def evaluate(
         "skipped_examples": loaded.skipped[:SHOWN_SKIPS] if loaded else [],
         "models": specs,
         "tools": sorted(tool_map),
-        "prompt": runner.PROMPTS.get(task),
+        "prompt": runner.PROMPT_STYLES[prompt_style].get(task),
+        "prompt_style": prompt_style,
         "one_shot": one_shot,
         "date_in_prompt": date_in_prompt,
         "max_new_tokens": max_new_tokens or runner.MAX_NEW_TOKENS.get(task),
@@ -201,7 +205,7 @@ def evaluate(
                         task, condition, lm, tok, loaded.examples, tool_map, predictions,
                         max_new_tokens=max_new_tokens, batch_size=batch_size, today=calendar_date,
                         progress=progress, one_shot=one_shot,
-                        date_in_prompt=date_in_prompt)
+                        date_in_prompt=date_in_prompt, prompt_style=prompt_style)
                 results.append(result)
             del lm, tok
             gc.collect()

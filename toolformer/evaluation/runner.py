@@ -31,14 +31,25 @@ from toolformer.evaluation.perplexity import perplexity
 from toolformer.evaluation.scoring import score_cloze, score_date, score_math
 from tools.base import CallContext, Tool
 
-# Zero-shot prompts. The LAMA prompt is the paper's (App. C.1). The paper prints no template for the
-# math and date questions, so we use the plainest question/answer frame; the first line of the
-# answer is what gets scored (generation stops at a newline).
-PROMPTS = {
-    "math": "Question: {question}\nAnswer:",
-    "dates": "Question: {question}\nAnswer:",
-    "cloze": "Please complete the following text so that it is factually correct: {question}",
+# Zero-shot prompts, two styles (``--prompt-style``). "paper" (the default): the paper's own templates
+# (App. C): math "{body} {question} The answer is" (our math sets hold body and question as one
+# string), QA and dates "Answer the following question: {question}?" (scored as before; for QA the
+# paper's rule is the answer within the first five words), LAMA's completion prompt. "qa": the
+# plainest question/answer frame, this project's earlier default; the first line of the answer is
+# scored (generation stops at a newline) in both.
+PROMPT_STYLES = {
+    "paper": {
+        "math": "{question} The answer is",
+        "dates": "Answer the following question: {question}?",
+        "cloze": "Please complete the following text so that it is factually correct: {question}",
+    },
+    "qa": {
+        "math": "Question: {question}\nAnswer:",
+        "dates": "Question: {question}\nAnswer:",
+        "cloze": "Please complete the following text so that it is factually correct: {question}",
+    },
 }
+PROMPTS = PROMPT_STYLES["qa"]  # the earlier default (kept for callers that read it)
 # `--one-shot`: one worked example before each prompt, for a "base model with tools (prompted)".
 # A model never trained on calls rarely starts one zero-shot; one demonstration shows it the syntax.
 # Conditions whose tools lack the demonstrated one see the same example with the call removed, so
@@ -106,16 +117,23 @@ def conditions_for(specs: list[str], use_tools: bool, task: str) -> list[Conditi
     return [Condition(spec, label, mode) for spec, label in zip(specs, model_labels(specs)) for mode in modes]
 
 
-def render_prompt(task: str, question: str, one_shot: bool = False, tool_names: Collection[str] = ()) -> str:
-    """The task's zero-shot prompt, optionally after one worked example (see DEMONSTRATIONS)."""
+def render_prompt(task: str, question: str, one_shot: bool = False, tool_names: Collection[str] = (),
+                  style: str = "qa") -> str:
+    """The task's zero-shot prompt in ``style`` ("paper" or "qa"), optionally after one worked
+    example (see DEMONSTRATIONS)."""
+    template = PROMPT_STYLES[style][task]
+    if template.endswith("{question}?"):
+        question = question.rstrip().rstrip("?")  # the template brings its own question mark
     # str.replace, not str.format: questions may contain braces.
-    prompt = PROMPTS[task].replace("{question}", question)
+    prompt = template.replace("{question}", question)
     if not one_shot:
         return prompt
     demo_question, demo_answer = DEMONSTRATIONS[task]
     if not any(call.tool in tool_names for call in parse_calls(demo_answer)):
         demo_answer = strip_calls(demo_answer)
-    return PROMPTS[task].replace("{question}", demo_question) + demo_answer + "\n\n" + prompt
+    if template.endswith("{question}?"):
+        demo_question = demo_question.rstrip("?")
+    return template.replace("{question}", demo_question) + demo_answer + "\n\n" + prompt
 
 
 def score(task: str, example: Example, answer: str) -> tuple[Any, bool]:
@@ -161,14 +179,15 @@ def run_generation_condition(
     progress: bool = True,
     one_shot: bool = False,
     date_in_prompt: bool = False,
+    prompt_style: str = "paper",
 ) -> ConditionResult:
     """Generate an answer for every example, score it, append each prediction to ``predictions_file``."""
     start = time.perf_counter()
     tools = tools if condition.use_tools else {}
     generator = make_generator(model, tokenizer, tools, condition.use_tools,
                                max_new_tokens or MAX_NEW_TOKENS[task])
-    prompts = [render_prompt(task, _with_date(ex) if date_in_prompt else ex.question, one_shot, tools)
-               for ex in examples]
+    prompts = [render_prompt(task, _with_date(ex) if date_in_prompt else ex.question, one_shot, tools,
+                             prompt_style) for ex in examples]
     # The dates task's "today" reaches the Calendar through the call context; other tasks use the
     # real date (or --today), as a deployed model would.
     contexts = [CallContext(date=ex.today or today, doc_id=ex.id) for ex in examples]
