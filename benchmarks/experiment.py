@@ -1,0 +1,213 @@
+"""The experiment: does a model fine-tuned on its own kept calls beat its base on real math sets?
+
+    python benchmarks/experiment.py [--docs 2000] [--output experiment_out] [--shared ../shared/data]
+        [--mawps-limit N] [--gsm8k-limit 500] [--ppl-windows 40] [--steps ...] [--skip-eval]
+
+One command for the whole method on real data (``make experiment`` runs it with the defaults):
+
+1. **Input**: the first ``--docs`` GSM8K *train* problems, each written as one document: the question,
+   then the worked solution with its ``<<a*b=c>>`` annotations removed and ``#### n`` written as
+   ``The answer is n.`` (GSM8K's annotations are used only to judge precision, step 3, never to train).
+2. **Augment** with the pipeline (``toolformer augment``, Calculator, this project's defaults; the
+   settings are printed and saved). Resumable: an interrupted run goes on with ``--resume`` semantics.
+3. **Precision** of the kept calls (``benchmarks/bench_precision.py``'s judge).
+4. **Fine-tune** the base model on the run's texts with kept calls (``toolformer finetune``; only texts
+   with calls, best checkpoint by dev perplexity); the model is a plain HF directory, ``DIR/final_model``.
+5. **Evaluate** base and fine-tuned, each with and without tools, zero-shot with the paper's prompts:
+   all of MAWPS, ``--gsm8k-limit`` GSM8K test problems; both again one-shot (``--one-shot``); and
+   WikiText-2 perplexity with tools disabled.
+6. **Report**: ``DIR/summary.md`` (the table, the time each step took), ``DIR/summary.json`` and
+   ``DIR/accuracy.png``.
+
+Each step is skipped when its output is complete, so a re-run after an interruption continues.
+Artifacts stay in ``--output`` (default ``experiment_out/``, ignored by git).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_precision import judge, load_problems, read_candidates  # noqa: E402
+
+PY = sys.executable
+BASE = "smollm2-135m"
+
+
+def sh(args: list[str], log: Path, env: dict | None = None) -> float:
+    """Run a toolformer command, its output appended to ``log``; returns the seconds it took."""
+    print("$", " ".join(args), flush=True)
+    t0 = time.perf_counter()
+    with open(log, "a", encoding="utf-8") as f:
+        f.write("$ " + " ".join(args) + "\n")
+        f.flush()
+        proc = subprocess.run([PY, "-m", "toolformer.cli", *args], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                              env=env)
+    if proc.returncode != 0:
+        sys.exit(f"experiment: step failed ({' '.join(args[:1])}, exit {proc.returncode}); see {log}")
+    return time.perf_counter() - t0
+
+
+def write_docs(problems: list[dict], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for p in problems:
+            f.write(json.dumps({"doc_id": p["doc_id"], "text": p["text"]}) + "\n")
+
+
+def results_of(path: Path) -> list[dict]:
+    return json.loads((path / "results.json").read_text())["conditions"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--docs", type=int, default=2000)
+    ap.add_argument("--output", type=Path, default=ROOT / "experiment_out")
+    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--augment-set", nargs="*", default=["calculator.k=20", "calculator.m=2", "calculator.tau_f=0.3",
+                    "lazy_filter=true"], help="augment --override settings (chosen on 40 other problems, see README)")
+    ap.add_argument("--workers", type=int, default=1, help="Beam direct-runner worker processes")
+    ap.add_argument("--finetune-args", nargs="*", default=["--learning-rate", "1e-4", "--max-steps", "60",
+                    "--effective-batch-size", "16", "--batch-size", "8", "--save-steps", "10",
+                    "--max-length", "512", "--dev-share", "0.1"])
+    ap.add_argument("--mawps-limit", type=int, default=None, help="default: all 2,065")
+    ap.add_argument("--gsm8k-limit", type=int, default=500)
+    ap.add_argument("--ppl-windows", type=int, default=40)
+    ap.add_argument("--no-one-shot", action="store_true")
+    ap.add_argument("--steps", nargs="+", default=["augment", "finetune", "eval-base", "eval-tuned", "summary"],
+                    choices=["augment", "finetune", "eval-base", "eval-tuned", "summary"],
+                    help="steps to run (the base model's evaluation needs no fine-tuning: run it alongside)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the augment and evaluate steps")
+    args = ap.parse_args()
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "experiment.log"
+    (out / "times").mkdir(exist_ok=True)  # one file per step: steps may run in two processes at once
+    times: dict[str, float] = {f.stem: json.loads(f.read_text()) for f in sorted((out / "times").glob("*.json"))}
+
+    def step(name: str, done: bool, fn) -> None:
+        if done:
+            print(f"[{name}] done already, skipped")
+            return
+        times[name] = round(fn(), 1)
+        times.update({f.stem: json.loads(f.read_text()) for f in (out / "times").glob("*.json")})
+        (out / "times" / f"{name}.json").write_text(json.dumps(times[name]))
+
+    gsm_train = args.shared / "gsm8k" / "train.jsonl"
+    problems = load_problems(gsm_train, args.docs)
+    docs = out / "docs.jsonl"
+    if not docs.exists():
+        write_docs(problems, docs)
+
+    run = out / "augment"
+    model = out / "final_model"
+    if "eval-base" in args.steps and "augment" not in args.steps:
+        evaluate(args, out, log, times, step, [BASE])
+        if args.steps == ["eval-base"]:
+            return
+    workers = ["--direct_num_workers", str(args.workers), "--direct_running_mode", "multi_processing"] \
+        if args.workers > 1 else []
+    step("augment", (run / "_SUCCESS").exists() or "augment" not in args.steps, lambda: sh(
+        ["augment", "--input", str(docs), "--output", str(run), "--tools", "calculator",
+         *(["--resume"] if (run / "run.json").exists() else []),
+         "--override", *args.augment_set, f"threads={args.threads}", *workers], log))
+    precision = judge(problems, read_candidates(str(run)), slack=12)
+    (out / "precision.json").write_text(json.dumps(precision, indent=1))
+    stats = json.loads((run / "stats.json").read_text())
+    print(f"kept {precision['kept']} calls on {precision['problems']} problems, precision {precision['precision']:.2f}, "
+          f"right call in {precision['right_problem_share']:.1%} of problems")
+
+    step("finetune", (model / "finetune.json").exists() or "finetune" not in args.steps, lambda: sh(
+        ["finetune", "--data", str(run), "--output", str(model), *args.finetune_args], log))
+    if "eval-base" in args.steps and "augment" in args.steps:
+        evaluate(args, out, log, times, step, [BASE])
+    if "eval-tuned" in args.steps:
+        evaluate(args, out, log, times, step, [str(model)])
+    if "summary" in args.steps:
+        tables = {}
+        for d in sorted((out / "eval").glob("*/*")):
+            if (d / "results.json").exists():
+                tables.setdefault(d.parent.name, []).extend(results_of(d))
+        write_summary(out, args, stats, precision, tables, times)
+
+
+def evaluate(args, out: Path, log: Path, times: dict, step, models: list[str]) -> None:
+    """Each evaluation of ``models`` (one label each) into ``out/eval/<set>/<label>``."""
+    label = "base" if models == [BASE] else "tuned"
+
+    evals = {
+        "mawps": ["--task", "math", "--data", str(args.shared / "mawps" / "tora" / "test.jsonl"),
+                  *(["--limit", str(args.mawps_limit)] if args.mawps_limit else [])],
+        "gsm8k": ["--task", "math", "--data", str(args.shared / "gsm8k" / "test.jsonl"),
+                  "--limit", str(args.gsm8k_limit)],
+    }
+    threads = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    for name, task in evals.items():
+        for shot in ([False] if args.no_one_shot else [False, True]):
+            key = name + ("-one-shot" if shot else "")
+            dest = out / "eval" / key / label
+            step(f"eval {key} {label}", (dest / "results.json").exists(), lambda: sh(
+                ["evaluate", *task, "--model", *models, "--output", str(dest), "--no-progress",
+                 "--tool-names", "Calculator", *(["--one-shot"] if shot else [])], log, threads))
+    ppl = out / "eval" / "wikitext-ppl" / label
+    step(f"eval perplexity {label}", (ppl / "results.json").exists(), lambda: sh(
+        ["evaluate", "--task", "perplexity", "--data", str(args.shared / "wikitext" / "wiki.test.raw"),
+         "--limit", str(args.ppl_windows), "--model", *models, "--output", str(ppl), "--no-progress"],
+        log, threads))
+
+
+def write_summary(out: Path, args, stats: dict, precision: dict, tables: dict, times: dict) -> None:
+    rows = []
+    for key, conds in tables.items():
+        for c in conds:
+            rows.append({"eval": key, "condition": c["condition"], "n": c["n"], "accuracy": c.get("accuracy"),
+                         "tool_call_share": c.get("tool_call_share"), "perplexity": c.get("perplexity")})
+    lines = [f"# Experiment: {args.docs} GSM8K train documents, Calculator", "",
+             f"Kept {precision['kept']} calls ({precision['kept_per_problem']:.3f} per document), precision "
+             f"{precision['precision']:.2f}, a right call in {precision['right_problem_share']:.1%} of documents.", "",
+             "| eval | condition | n | accuracy | outputs with a call | perplexity |", "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+        share = "-" if r["tool_call_share"] is None else f"{100 * r['tool_call_share']:.0f}%"
+        ppl = "-" if r["perplexity"] is None else f"{r['perplexity']:.2f}"
+        lines.append(f"| {r['eval']} | {r['condition']} | {r['n']} | {acc} | {share} | {ppl} |")
+    lines += ["", "Seconds per step: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()),
+              f"Total: {sum(times.values()) / 60:.1f} min"]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.json").write_text(json.dumps({"precision": precision, "augment_stats": stats, "rows": rows,
+                                                  "times": times}, indent=1, default=str))
+    print("\n".join(lines))
+    plot(out, rows)
+
+
+def plot(out: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = [r for r in rows if r["accuracy"] is not None]
+    evals = list(dict.fromkeys(r["eval"] for r in acc))
+    conds = list(dict.fromkeys(r["condition"] for r in acc))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(evals), 3.6))
+    width = 0.8 / max(1, len(conds))
+    for k, cond in enumerate(conds):
+        ys = [next((100 * r["accuracy"] for r in acc if r["eval"] == e and r["condition"] == cond), 0) for e in evals]
+        ax.bar([i + k * width for i in range(len(evals))], ys, width, label=cond)
+    ax.set_xticks([i + width * (len(conds) - 1) / 2 for i in range(len(evals))], evals)
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("base vs fine-tuned, with and without the Calculator")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
