@@ -457,6 +457,37 @@ def test_arithmetic_relation_heuristic(text, expected):
     assert has_arithmetic_relation(numbers_in(text)) is expected
 
 
+@pytest.mark.parametrize(
+    "text, accepted",
+    [
+        ("He bought 3 apples and 4 pears, 7 fruits in all.", True),  # (i)
+        ("He bought 3 apples. " + "word " * 80 + "and 4 pears, so 7 fruits.", False),  # 3 + 4 = 7, but 80 words apart
+        ("The bill came to a total of $45 for the night.", True),  # (ii) total of
+        ("x = 12 in this case.", True),  # (ii) "=" then a number
+        ("The average of 14 scores.", True),  # (ii)
+        ("Lists 1,2,5 read as three numbers: 1 + 2 ... none; 5 too.", False),
+        ("It happened in 1999.", False),  # one number: never even drawn at random
+    ],
+)
+def test_calculator_heuristic_rules_of_appendix_a1(text, accepted):
+    from tools.heuristics import calculator_accepts
+
+    class Never:
+        def random(self):
+            return 1.0  # the 1% draw never fires: only rules (i) and (ii) decide
+
+    assert calculator_accepts(text, Never()) is accepted
+
+
+def test_arithmetic_relation_must_fit_in_the_window():
+    from tools.heuristics import calculator_accepts, numbers_with_words, related_within
+
+    near = "We had 3 and then 4 more, 7 in all."
+    far = "We had 3 " + "and so on " * 30 + " then 4 more, " + "and so on " * 30 + " 7 in all."
+    assert related_within(numbers_with_words(near)) and not related_within(numbers_with_words(far))
+    assert [v for v, _ in numbers_with_words("1,2,3 and 1,200")] == [1, 2, 3, 1200]
+
+
 def test_numbers_in_text():
     from fractions import Fraction
 
@@ -470,7 +501,7 @@ def test_calculator_heuristic_random_share_is_deterministic_per_document():
     from tools.heuristics import doc_rng
 
     calc = Calculator(isolate=False, random_share=0.3)
-    docs = [{"doc_id": f"d{i}", "text": f"Chapter {i}, page {i + 7}."} for i in range(400)]
+    docs = [{"doc_id": f"d{i}", "text": f"Chapter {i + 1}, page {i + 8}, line {3 * i + 53}."} for i in range(400)]
 
     def decisions():
         return [calc.accepts(d, doc_rng(d["doc_id"], 0, "Calculator")) for d in docs]

@@ -4,8 +4,11 @@ The pipeline calls ``tool.accepts(document, doc_rng(doc_id, seed, tool.name))``.
 generator is seeded from a stable hash of the document id (BLAKE2b), never Python's ``hash()``,
 which differs per process: a document gets the same decision on every worker and every rerun.
 
-* Calculator: at least three numbers where one follows from two others by + - × ÷ (the paper's
-  rule), plus a small random share (1 %) of the other documents that contain numbers.
+* Calculator (the paper, App. A.1): (i) three numbers within a window of about 100 tokens where one
+  follows from two others by + - × ÷, or (ii) "=", "equals", "equal to", "total of" or "average of"
+  followed by a number, or (iii) at least three numbers -- documents that only meet (iii) are kept at
+  random, 1 % of them. The window is counted in words (``CALCULATOR_WINDOW_WORDS`` = 75, about 100
+  GPT-J tokens), so it does not depend on the model's tokenizer.
 * Calendar: documents whose date is known (a ``date`` field or a date in the ``url``).
 * WikiSearch, QA: every document.
 * MT: documents with a run of at least ``MT_MIN_FOREIGN_WORDS`` words written in a non-Latin
@@ -25,6 +28,7 @@ from fractions import Fraction
 from typing import Any
 
 CALCULATOR_RANDOM_SHARE = 0.01
+CALCULATOR_WINDOW_WORDS = 75  # the paper's 100-token window, at ~1.33 GPT-J tokens per English word
 MAX_NUMBERS = 60  # the arithmetic check is quadratic in the numbers of a document
 MT_MIN_FOREIGN_WORDS = 3
 
@@ -110,13 +114,45 @@ def has_arithmetic_relation(numbers: list[Fraction]) -> bool:
     return False
 
 
+_EQUALS_NUMBER = re.compile(r"(?:=|\bequals?\b|\bequal to\b|\btotal of\b|\baverage of\b)\s*[$€£]?\s*[-−]?\.?\d",
+                            re.IGNORECASE)
+_WORD_START = re.compile(r"\S+")
+
+
+def numbers_with_words(text: str) -> list[tuple[Fraction, int]]:
+    """Each number of ``text`` (as :func:`text_numbers` reads them: lists like ``1,2,3`` are three
+    numbers) with the index of the word it is in."""
+    starts = [m.start() for m in _WORD_START.finditer(text)]
+    out, w = [], 0
+    for m in _TEXT_NUMBER.finditer(text):
+        while w + 1 < len(starts) and starts[w + 1] <= m.start():
+            w += 1
+        out.append((Fraction(m.group(0).replace(",", "")), w))
+    return out
+
+
+def related_within(numbers: list[tuple[Fraction, int]], window: int = CALCULATOR_WINDOW_WORDS) -> bool:
+    """Rule (i): some three numbers no more than ``window`` words apart, one + - × ÷ of the others."""
+    nums = numbers[:MAX_NUMBERS]
+    for s in range(len(nums)):
+        inside = [v for v, w in nums[s:] if w - nums[s][1] <= window]
+        if len(inside) >= 3 and has_arithmetic_relation(inside):
+            return True
+        if s + len(inside) >= len(nums):  # this window reaches the last number: later ones are inside it
+            break
+    return False
+
+
 def calculator_accepts(text: str, rng: random.Random, random_share: float = CALCULATOR_RANDOM_SHARE) -> bool:
-    numbers = numbers_in(text)
-    if len(numbers) >= 3 and has_arithmetic_relation(numbers):
+    """The paper's Calculator heuristic, rules (i)-(iii) (see the module docstring)."""
+    numbers = numbers_with_words(text)
+    if len(numbers) >= 3 and related_within(numbers):
         return True
-    # The random draw is made for every document with numbers, so the decision for one document
-    # does not depend on the others.
-    return bool(numbers) and rng.random() < random_share
+    if _EQUALS_NUMBER.search(text):
+        return True
+    # (iii): the random draw is made for every document with three numbers, so the decision for one
+    # document does not depend on the others.
+    return len(numbers) >= 3 and rng.random() < random_share
 
 
 def date_from_url(url: str) -> dt.date | None:
