@@ -627,7 +627,35 @@ def check_settled(cands: list[dict], new_tau: dict[str, float], src: str) -> Non
             )
 
 
-def refilter(run: str, output: str, tau_f: list[str] | None = None) -> int:
+def apply_grounding(cands: list[dict], texts: dict[str, str], rules: dict[str, bool], src: str) -> None:
+    """``refilter --grounded TOOL=true|false``: switch the no-answers-from-the-future rule per tool.
+
+    true: a candidate whose input is not written before it (judged on its document's text before the
+    call, :meth:`tools.base.Tool.grounded`) is ``dropped`` and not kept; false: dropped candidates come
+    back -- possible only where their losses were computed (a run made without the rule)."""
+    from tools.base import tool_class
+
+    for tool, required in sorted(rules.items()):
+        mine = [c for c in cands if c["tool"] == tool]
+        if not required:
+            lost = [c for c in mine if c.get("dropped") == "ungrounded" and c.get("loss_plus") is None]
+            if lost:
+                raise UserError(f"--grounded {tool}=false: {src} dropped {len(lost)} {tool} candidates before the "
+                                "filter, so they have no losses; rerun augment with TOOL.grounded=false")
+            for c in mine:
+                c["dropped"] = None
+            continue
+        try:
+            checker = tool_class(tool).__new__(tool_class(tool))  # the rule needs no tool resources
+        except KeyError as e:
+            raise UserError(f"--grounded: {e.args[0]}") from None
+        for c in mine:
+            c["grounded"] = bool(checker.grounded(c["input"], texts.get(c["doc_id"], "")[: c["position"]]))
+            if not c["grounded"]:
+                c["dropped"], c["kept"] = "ungrounded", False
+
+
+def refilter(run: str, output: str, tau_f: list[str] | None = None, grounded: list[str] | None = None) -> int:
     """Apply new tau_f thresholds to a finished run's candidates, without recomputing anything.
 
     Args:
@@ -637,6 +665,8 @@ def refilter(run: str, output: str, tau_f: list[str] | None = None) -> int:
             (a local path or a Beam file system URL).
         tau_f: new thresholds as TOOL=VALUE (tool names as in the candidates, e.g. Calculator=1.0);
             tools not named keep their threshold.
+        grounded: TOOL=true|false: require (or not) that a call's input is written before it (the
+            Calculator's numbers, MT's text); false needs a run whose candidates were all filtered.
     """
     import pyarrow as pa
 
@@ -662,11 +692,21 @@ def refilter(run: str, output: str, tau_f: list[str] | None = None) -> int:
     if unknown:
         raise UserError(f"--tau-f names tools with no candidates in {src}: {', '.join(sorted(unknown))}")
     check_settled(cands, new_tau, src)
+    rules: dict[str, bool] = {}
+    for item in grounded or []:
+        tool, sep, value = item.partition("=")
+        if not sep or value.lower() not in ("true", "false"):
+            raise UserError(f"--grounded {item!r}: expected TOOL=true or TOOL=false, e.g. Calculator=true")
+        rules[tool] = value.lower() == "true"
     by_doc: dict[str, list[dict]] = {}
     for c in cands:
-        if c["tool"] in new_tau:
-            c["threshold"] = new_tau[c["tool"]]
-            c["kept"] = c["error"] is None and keep_if_useful(c["loss_plus"], c["loss_minus"], c["threshold"])
+        if c["tool"] in new_tau or c["tool"] in rules:
+            c["threshold"] = new_tau.get(c["tool"], c["threshold"])
+            c["kept"] = c["error"] is None and c.get("loss_plus") is not None and keep_if_useful(
+                c["loss_plus"], c["loss_minus"], c["threshold"])
+    if rules:
+        apply_grounding(cands, {t["doc_id"]: strip_calls(t["text"]) for t in texts}, rules, src)
+    for c in cands:
         by_doc.setdefault(c["doc_id"], []).append(c)
     new_texts = []
     for t in texts:
