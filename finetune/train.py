@@ -204,6 +204,8 @@ def build_trainer(cfg: FinetuneConfig, callbacks=()) -> tuple[SafeTrainer, dict,
     """Load model and data and set up the Trainer; returns (trainer, data counts, resume checkpoint)."""
     from transformers import DataCollatorForSeq2Seq, TrainingArguments
 
+    from finetune.progress import StepProgress  # steps done/total, rate and ETA on toolformer.progress
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = cfg.grad_accumulation(world)
     train_texts, dev_texts, counts = read_split(cfg)
@@ -258,7 +260,7 @@ def build_trainer(cfg: FinetuneConfig, callbacks=()) -> tuple[SafeTrainer, dict,
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
     trainer = SafeTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
                           data_collator=collator,
-                          processing_class=tokenizer, callbacks=list(callbacks),
+                          processing_class=tokenizer, callbacks=[*callbacks, StepProgress()],
                           keep_checkpoints=cfg.keep_checkpoints, shrink_batch_on_oom=cfg.shrink_batch_on_oom)
     trainer.call_format = fmt
     return trainer, counts, resume_from

@@ -16,12 +16,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
 from toolformer.call_format import render_call
 from toolformer.filtering import CachedPrefix, FilterJob, batches_by_tokens, filter_losses
 from toolformer.insertion import char_position
 from toolformer.models import ModelError, load_model
+from toolformer.progress import Throttle, progress_text
 from toolformer.sampling import (
     PromptCache,
     SampleRequest,
@@ -36,6 +38,7 @@ from toolformer.sampling import (
 
 PROGRESS_EVERY_S = 15.0
 progress_log = logging.getLogger("toolformer.progress")  # `toolformer augment` shows it at INFO
+PROGRESS_NAMESPACE = "toolformer_progress"  # not stats.json's "toolformer": never in a run's counts
 LOSS_DECIMALS = 6  # losses are stored rounded, and kept/refilter decide on the stored values
 
 
@@ -294,11 +297,48 @@ class AugmentModel:
         ]
 
 
+def units_so_far(task: str, done: int) -> int | None:
+    """This worker's units so far for ``task``: ``done`` plus those routed (sample) or executed,
+    i.e. sampled with candidates (filter), in the current bundle but not yet through the task.
+
+    Read from the Beam counters of the steps fused with the model in the current bundle (Route's
+    ``windows:*``, Execute's ``time_ms:execute`` count, this handler's ``units_done:*``), through
+    the SDK harness's state sampler (not a public Beam API: None wherever it cannot be read, or
+    where Route runs in an earlier stage, e.g. on a resumed part).
+    """
+    try:
+        from apache_beam.runners.worker import statesampler
+
+        states = getattr(statesampler.get_current_tracker(), "_states_by_name", None) or {}
+        containers = {id(s.metrics_container): s.metrics_container for s in list(states.values())}
+        arrived = passed = 0
+        for container in containers.values():
+            if container is None:
+                continue
+            got = container.get_cumulative()
+            for key, n in got.counters.items():
+                ns, name = key.metric.namespace, key.metric.name
+                if task == "sample" and ns == "toolformer" and name.startswith("windows:"):
+                    arrived += n
+                elif ns == PROGRESS_NAMESPACE and name == f"units_done:{task}":
+                    passed += n
+            if task == "filter":
+                for key, d in got.distributions.items():
+                    if key.metric.namespace == "toolformer" and key.metric.name == "time_ms:execute":
+                        arrived += d.count
+    except Exception:  # another runner's harness, another Beam version
+        return None
+    waiting = arrived - passed
+    return done + waiting if arrived and waiting >= 0 else None
+
+
 class AugmentModelHandler(ModelHandler):
     """RunInference handler: ``task`` "sample" (score positions + sample calls) or "filter" (losses).
 
     Batches hold at most ``max_batch_tokens`` estimated tokens (BatchElements counts element
     sizes, not elements); ``large_model`` shares one model per machine across processes.
+    ``expected_units``, where the launcher knows it (e.g. a single-worker run that routed its
+    documents first, with the tokenizer alone), makes the progress line done/total with an ETA.
     """
 
     def __init__(
@@ -314,6 +354,7 @@ class AugmentModelHandler(ModelHandler):
         device: str | None = None,
         threads: int = 0,
         lazy_filter: bool = False,
+        expected_units: int | None = None,
     ):
         if task not in ("sample", "filter"):
             raise ValueError(f"unknown task {task!r}")
@@ -333,6 +374,7 @@ class AugmentModelHandler(ModelHandler):
         self.device = device
         self.threads = threads
         self.lazy_filter = lazy_filter
+        self.expected_units = expected_units  # this task's units on this worker, where known
 
     def load_model(self) -> AugmentModel:
         if self.threads:
@@ -353,6 +395,8 @@ class AugmentModelHandler(ModelHandler):
     def run_inference(
         self, batch: Sequence[dict], model: AugmentModel, inference_args: dict[str, Any] | None = None
     ) -> Iterable[tuple[dict, Any]]:
+        if getattr(self, "_throttle", None) is None:  # the progress clock starts with the first batch
+            self._throttle, self._units, self._candidates = Throttle(PROGRESS_EVERY_S), 0, 0
         # no_grad here, not torch.set_grad_enabled(False) at load: that flag is global to the thread,
         # and the in-process runner shares its thread with whatever runs next (e.g. fine-tuning).
         with torch.no_grad():
@@ -362,25 +406,38 @@ class AugmentModelHandler(ModelHandler):
 
     def _progress(self, batch: Sequence[dict]) -> None:
         """A progress line per worker and task every ``PROGRESS_EVERY_S`` (units = document windows
-        per tool): logged, so it reaches a terminal and a cluster worker's log alike."""
-        now = time.monotonic()
-        if getattr(self, "_started", None) is None:
-            self._started, self._logged, self._units, self._candidates = now, now, 0, 0
+        per tool): logged, so it reaches a terminal and a cluster worker's log alike.
+
+        Done/total, rate and ETA where the total is known (``expected_units``). Otherwise the
+        total is not known to a worker: Route runs fused with the model, so documents are routed
+        only as the model consumes them (measured on the local runner: the units routed stay one
+        batch ahead of those sampled). The line then gives the units routed (sample) or sampled
+        with candidates (filter) so far in this bundle and no ETA (see :func:`units_so_far`).
+        """
         self._units += len(batch)
+        Metrics.counter(PROGRESS_NAMESPACE, f"units_done:{self.task}").inc(len(batch))
         if self.task == "filter":
             self._candidates += sum(len(u["candidates"]) for u in batch)
-        if now - self._logged >= PROGRESS_EVERY_S:
-            self._logged = now
-            what = (
-                "scored and sampled" if self.task == "sample" else f"filtered ({self._candidates} candidates)"
-            )
-            progress_log.info(
-                "augment: %d units %s in %.0f s (%.2f units/s)",
-                self._units,
+        total = self.expected_units
+        finished = total is not None and self._units >= total
+        if not self._throttle.due(force=finished):
+            return
+        what = "augment sample" if self.task == "sample" else "augment filter"
+        extra = f" ({self._candidates} candidates)" if self.task == "filter" else ""
+        if total is not None:
+            line = progress_text(what, self._units, self._throttle.elapsed(), total, extra=extra)
+        else:
+            so_far = units_so_far(self.task, self._units)
+            line = progress_text(
                 what,
-                now - self._started,
-                self._units / max(now - self._started, 1e-9),
+                self._units,
+                self._throttle.elapsed(),
+                so_far,
+                final=False,
+                so_far="routed" if self.task == "sample" else "sampled with candidates",
+                extra=extra,
             )
+        progress_log.info("%s", line)
 
     def get_metrics_namespace(self) -> str:
         return "toolformer_" + self.task
