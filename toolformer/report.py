@@ -53,6 +53,7 @@ class ToolSummary:
     """Per-tool counts over the candidates of one run."""
 
     candidates: int = 0
+    dropped: int = 0  # ``dropped`` set (e.g. "ungrounded"): recorded, never executed, filtered or kept
     failed: int = 0  # the call produced no result (``error`` set): dropped before filtering
     kept: int = 0  # ``kept`` as the pipeline (or a later refilter) recorded it
     inserted: int = 0  # calls of this tool in texts-*.jsonl
@@ -61,7 +62,7 @@ class ToolSummary:
 
     @property
     def executed(self) -> int:
-        return self.candidates - self.failed
+        return self.candidates - self.dropped - self.failed
 
     @property
     def threshold(self) -> float | None:
@@ -90,6 +91,7 @@ class RunData:
     complete: bool  # _SUCCESS present
     tools: dict[str, ToolSummary]
     failures: collections.Counter  # (tool, reason) -> count
+    drops: collections.Counter  # (tool, reason) -> candidates dropped before execution
     dead_letters: collections.Counter  # (stage, reason) -> count
     examples: dict[str, list[Example]]
     stats: dict[str, Any]
@@ -97,6 +99,7 @@ class RunData:
     documents_with_calls: int
     warnings: list[str]
     skipped: int  # malformed lines skipped in all
+    lazy_filter: bool = False  # run.json's lazy_filter: rejected calls' L⁻ is L(ε), an upper bound
 
     @property
     def n_candidates(self) -> int:
@@ -177,6 +180,7 @@ def load_run(run_dir: Path, best: int = BEST_EXAMPLES) -> RunData:
 
     tools: dict[str, ToolSummary] = collections.defaultdict(ToolSummary)
     failures: collections.Counter = collections.Counter()
+    drops: collections.Counter = collections.Counter()
     # Per tool a min-heap of the `best` largest deltas; the counter breaks ties in file order.
     heaps: dict[str, list[tuple[float, int, dict]]] = collections.defaultdict(list)
     order = 0
@@ -186,6 +190,14 @@ def load_run(run_dir: Path, best: int = BEST_EXAMPLES) -> RunData:
             _skip(warnings, skipped, f"{name} line {lineno}: candidate without a tool name")
             continue
         error, delta = rec.get("error"), _number(rec.get("delta"))
+        if rec.get("dropped"):  # not executed (e.g. ungrounded): no result and no losses, by design
+            tools[tool].candidates += 1
+            tools[tool].dropped += 1
+            drops[(tool, str(rec["dropped"]))] += 1
+            threshold = _number(rec.get("threshold"))
+            if threshold is not None:
+                tools[tool].thresholds[threshold] += 1
+            continue
         if error is None and delta is None:
             # An executed call always has both losses; without them it cannot be plotted or ranked.
             _skip(warnings, skipped, f"{name} line {lineno}: executed candidate without a numeric delta")
@@ -242,6 +254,7 @@ def load_run(run_dir: Path, best: int = BEST_EXAMPLES) -> RunData:
         complete=(run_dir / "_SUCCESS").exists(),
         tools=dict(sorted(tools.items())),
         failures=failures,
+        drops=drops,
         dead_letters=dead_letters,
         examples=dict(sorted(examples.items())),
         stats=stats,
@@ -249,7 +262,27 @@ def load_run(run_dir: Path, best: int = BEST_EXAMPLES) -> RunData:
         documents_with_calls=with_calls,
         warnings=warnings,
         skipped=skipped[0],
+        lazy_filter=_lazy_filter(run_dir),
     )
+
+
+def _lazy_filter(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("lazy_filter") is True
+    except (OSError, ValueError, AttributeError):  # no run.json (an older run, a copy): not stated
+        return False
+
+
+def _cut(text: str, n: int, from_end: bool) -> str:
+    """The last (``from_end``) or first ``n`` characters of ``text``, less a word cut in two
+    (where the piece holds a word boundary)."""
+    if from_end:
+        piece, split = text[-n:], not text[-n - 1].isspace() and not text[-n].isspace()
+        m = re.search(r"\s", piece) if split else None
+        return (piece[m.end():] if m else piece).lstrip()
+    piece, split = text[:n], not text[n].isspace() and not text[n - 1].isspace()
+    m = max((i for i, c in enumerate(piece) if c.isspace()), default=None) if split else None
+    return (piece[:m] if m else piece).rstrip()
 
 
 def _example(tool: str, rec: dict, originals: dict[str, str]) -> Example:
@@ -263,9 +296,9 @@ def _example(tool: str, rec: dict, originals: dict[str, str]) -> Example:
         pos = pos if isinstance(pos, int) and 0 <= pos <= len(original) else len(original)
         before, after = original[:pos], original[pos:]
         if len(before) > CONTEXT_BEFORE:
-            before = "…" + before[-CONTEXT_BEFORE:]
+            before = "…" + _cut(before, CONTEXT_BEFORE, from_end=True)
         if len(after) > CONTEXT_AFTER:
-            after = after[:CONTEXT_AFTER] + "…"
+            after = _cut(after, CONTEXT_AFTER, from_end=False) + "…"
     return Example(tool, doc_id, float(rec["delta"]), _number(rec.get("loss_plus")),
                    _number(rec.get("loss_minus")), call, before, after, original is not None)
 
@@ -303,7 +336,7 @@ def plot_kept(data: RunData) -> bytes:
     ax.set_ylabel("calls")
     ax.set_title("Kept calls per tool")
     ax.set_ylim(0, max(executed + kept + [1]) * 1.15)
-    ax.legend(frameon=False, fontsize=9)
+    ax.legend(frameon=False, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))  # never on a bar
     ax.spines[["top", "right"]].set_visible(False)
     return _png(fig)
 
@@ -353,18 +386,20 @@ def plot_deltas(data: RunData) -> bytes | None:
         outliers = sum(c != d for c, d in zip(clipped, t.deltas, strict=True))
         below = [d for d in clipped if tau is None or d < tau]
         above = [d for d in clipped if tau is not None and d >= tau]
-        ax.hist(below, bins=bins, color="#b0b7c3", label="dropped")
+        ax.hist(below, bins=bins, color="#b0b7c3", label="rejected (< τf)")
         if above:
             ax.hist(above, bins=bins, color="#2a9d8f", label="kept (≥ τf)")
         if tau is not None:
             ax.axvline(tau, color="#e76f51", linestyle="--", linewidth=1.5, label=f"τf = {tau:g}")
         ax.axvline(0, color="#444444", linewidth=0.6)
-        ax.set_title(f"{name}: {len(above)} of {len(t.deltas)} at or above τf", fontsize=10)
+        ax.set_title(f"{name}: {len(above)} of {len(t.deltas)} at or above τf", fontsize=10, pad=20)
         note = f"\n({outliers} outliers counted in the edge bins)" if outliers else ""
         ax.set_xlabel("L⁻ − L⁺ (loss reduction from the call and its result)" + note)
         ax.set_ylabel("candidates")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(frameon=False, fontsize=8)
+        # above the plot, under the title: inside it would cover bars or the τf line
+        ax.legend(frameon=False, fontsize=8, loc="lower left", bbox_to_anchor=(0, 1), ncols=3,
+                  borderaxespad=0.2)
         ax.spines[["top", "right"]].set_visible(False)
     for ax in axes[len(names):]:
         ax.set_visible(False)
@@ -436,17 +471,21 @@ def _tables(data: RunData) -> dict[str, tuple[list[str], list[list[str]]]]:
     """Every table of the report as (header, rows) of strings: Markdown and HTML show the same."""
     tables = {}
     rows = []
+    tot = list(data.tools.values())
+    # A column for candidates dropped before execution only in runs that have them.
+    drop = (lambda n: [str(n)]) if any(t.dropped for t in tot) else (lambda n: [])
     for name, t in data.tools.items():
-        rows.append([name, str(t.candidates), str(t.failed), str(t.executed), str(t.kept),
+        rows.append([name, str(t.candidates), *drop(t.dropped), str(t.failed), str(t.executed), str(t.kept),
                      _pct(t.kept, t.executed), _fmt(t.threshold), _fmt(_median(t.deltas)),
                      _fmt(max(t.deltas) if t.deltas else None), str(t.inserted)])
-    tot = list(data.tools.values())
     executed = sum(t.executed for t in tot)
     kept = sum(t.kept for t in tot)
-    rows.append(["all", str(data.n_candidates), str(sum(t.failed for t in tot)), str(executed), str(kept),
-                 _pct(kept, executed), "", "", "", str(sum(t.inserted for t in tot))])
-    tables["kept"] = (["tool", "candidates", "failed", "executed", "kept", "kept / executed", "τf",
-                       "median L⁻ − L⁺", "max L⁻ − L⁺", "calls in texts"], rows)
+    rows.append(["all", str(data.n_candidates), *drop(sum(t.dropped for t in tot)),
+                 str(sum(t.failed for t in tot)), str(executed), str(kept), _pct(kept, executed), "", "", "",
+                 str(sum(t.inserted for t in tot))])
+    tables["kept"] = (["tool", "candidates", *drop("dropped before execution"), "failed", "executed",
+                       "kept", "kept / executed", "τf", "median L⁻ − L⁺", "max L⁻ − L⁺", "calls in texts"],
+                      rows)
     tables["failures"] = (["tool", "reason", "failed calls", "share of the tool's candidates"], [
         [tool, reason, str(n), _pct(n, data.tools[tool].candidates)]
         for (tool, reason), n in sorted(data.failures.items())])
@@ -467,10 +506,30 @@ def _summary_lines(data: RunData) -> list[str]:
                  "call).")
     executed = sum(t.executed for t in data.tools.values())
     kept = sum(t.kept for t in data.tools.values())
-    lines.append(f"Candidates: {data.n_candidates}; executed: {executed}; kept: {kept} "
+    dropped = sum(t.dropped for t in data.tools.values())
+    dropped = f"dropped before execution: {dropped}; " if dropped else ""
+    lines.append(f"Candidates: {data.n_candidates}; {dropped}executed: {executed}; kept: {kept} "
                  f"({_pct(kept, executed)} "
                  "of executed).")
     return lines
+
+
+DROP_REASONS = {"ungrounded": "the call's input is not in the text before it, an answer from the future"}
+
+
+def _drops_line(data: RunData) -> str | None:
+    """What the candidates dropped before execution were, per tool and reason (None if none)."""
+    if not data.drops:
+        return None
+    parts = [f"{tool} {n} ({reason}" + (f": {DROP_REASONS[reason]})" if reason in DROP_REASONS else ")")
+             for (tool, reason), n in sorted(data.drops.items())]
+    return ("Dropped before execution (recorded in candidates-*.jsonl, never executed, filtered or kept): "
+            + "; ".join(parts) + ".")
+
+
+LAZY_NOTE = ("This run used lazy_filter: a call rejected without computing L(call without result) shows "
+             "L⁻ = L(ε), an upper bound, so its L⁻ − L⁺ is an upper bound too (it lies below τf either "
+             "way).")
 
 
 EMPTY_MESSAGE = ("This run has no candidate calls: no position passed the sampling threshold τs, or no "
@@ -505,11 +564,15 @@ def render_markdown(data: RunData, images: dict[str, str]) -> str:
     else:
         out += ["## Kept calls per tool", ""]
         out += _md_table(*tables["kept"])
+        if (drops := _drops_line(data)) is not None:
+            out += [_md(drops), ""]
         out += [f"![Kept calls per tool]({images['kept']})", ""]
         out += ["## Distribution of L⁻ − L⁺ per tool", "",
                 "A call is kept when L⁻ − L⁺ ≥ τf (dashed line): the call and its result reduce the loss "
                 "of the following tokens by at least τf compared with no call or the call without result.",
                 ""]
+        if data.lazy_filter:
+            out += [_md(LAZY_NOTE), ""]
         if "deltas" in images:
             out += [f"![L⁻ − L⁺ per tool]({images['deltas']})", ""]
         else:
@@ -547,7 +610,8 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f1f3f5; }
 img { max-width: 100%; }
-blockquote { border-left: 4px solid #2a9d8f; margin: 0.5em 0 1.2em; padding: 0.4em 1em; background: #f8f9fa; }
+blockquote { border-left: 4px solid #2a9d8f; margin: 0.5em 0 1.2em; padding: 0.4em 1em; background: #f8f9fa;
+             white-space: pre-wrap; }
 mark.call { background: #ffe08a; padding: 0 0.15em; border-radius: 3px;
             font-family: ui-monospace, monospace; }
 .warn { color: #9c2c13; }
@@ -578,10 +642,14 @@ def render_html(data: RunData, pngs: dict[str, bytes]) -> str:
     if not data.n_candidates:
         out.append(f"<p><strong>{e(EMPTY_MESSAGE)}</strong></p>")
     else:
-        out += ["<h2>Kept calls per tool</h2>", _html_table(*tables["kept"]),
-                img("kept", "Kept calls per tool")]
+        out += ["<h2>Kept calls per tool</h2>", _html_table(*tables["kept"])]
+        if (drops := _drops_line(data)) is not None:
+            out.append(f"<p>{e(drops)}</p>")
+        out.append(img("kept", "Kept calls per tool"))
         out += ["<h2>Distribution of L⁻ − L⁺ per tool</h2>",
                 "<p>A call is kept when L⁻ − L⁺ ≥ τf (dashed line).</p>"]
+        if data.lazy_filter:
+            out.append(f"<p>{e(LAZY_NOTE)}</p>")
         out.append(img("deltas", "L⁻ − L⁺ per tool") if "deltas" in pngs
                    else "<p>No executed candidates: every call failed.</p>")
         out.append("<h2>Best examples per tool</h2>")
