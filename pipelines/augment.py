@@ -51,7 +51,7 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import rundir
-from pipelines.documents import DOC, read_records
+from pipelines.documents import DOC, InputLimits, input_limits, read_records
 from pipelines.model_handler import AugmentModelHandler
 from pipelines.settings import RunSettings, build_settings
 from pipelines.stages import (
@@ -85,21 +85,30 @@ log = logging.getLogger(__name__)
 
 
 class ParseFileFn(beam.DoFn):
-    """Documents and dead letters of one matched file (or saved dataset directory)."""
+    """Documents and dead letters of one matched file (or saved dataset directory).
 
-    def __init__(self, text_field: str):
+    A file is streamed in chunks (``.gz`` decompressed by read_records, chunk by chunk) under
+    ``limits`` (pipelines/documents.py: bytes per file after decompression, bytes per line;
+    default ``input_limits()``, resolved here in the launcher so every worker uses the same caps).
+    """
+
+    def __init__(self, text_field: str, limits: InputLimits | None = None):
         self.text_field = text_field
+        self.limits = limits or input_limits()
 
     def process(self, item):
         t0 = time.perf_counter()
         if isinstance(item, str):  # a dataset directory
-            records = read_records(item, None, self.text_field)
-        else:  # raw bytes: read_records decompresses .gz itself
-            data = item.open(compression_type=CompressionTypes.UNCOMPRESSED).read()
-            records = read_records(item.metadata.path, data, self.text_field)
+            yield from self._emit(read_records(item, None, self.text_field, self.limits))
+        else:  # the raw (still compressed) stream, never read whole
+            with item.open(compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+                yield from self._emit(read_records(item.metadata.path, stream, self.text_field, self.limits))
+        record_seconds("read", time.perf_counter() - t0)
+
+    @staticmethod
+    def _emit(records):
         for kind, record in records:
             yield record if kind == DOC else beam.pvalue.TaggedOutput(DEAD, record)
-        record_seconds("read", time.perf_counter() - t0)
 
 
 class SelectPartFn(beam.DoFn):
