@@ -54,6 +54,8 @@ class StubCalc(Tool):
         return "," in document["text"]
 
     def __call__(self, input, context):
+        if context.doc_id is None:  # the filter's examples (Tool.filter_examples, on the launcher)
+            return input
         if type(self).exit_after is not None and type(self).calls >= type(self).exit_after:
             raise SystemExit(f"simulated exit after {type(self).calls} tool calls")
         type(self).calls += 1
@@ -66,6 +68,8 @@ class FailingCalc(StubCalc):
     """Every call times out: drives retries and the failure-ratio check."""
 
     def __call__(self, input, context):
+        if context.doc_id is None:  # the filter's examples: not counted
+            raise ToolError("timeout", "always")
         type(self).calls += 1
         raise ToolError("timeout", "always")
 
