@@ -79,6 +79,8 @@ def main() -> None:
                     "--max-length", "512", "--dev-share", "0.1"])
     ap.add_argument("--mawps-limit", type=int, default=None, help="default: all 2,065")
     ap.add_argument("--gsm8k-limit", type=int, default=500)
+    ap.add_argument("--one-shot-limit", type=int, default=None,
+                    help="evaluate the one-shot conditions on the first N problems of each set only")
     ap.add_argument("--ppl-windows", type=int, default=40)
     ap.add_argument("--no-one-shot", action="store_true")
     ap.add_argument("--steps", nargs="+", default=["augment", "finetune", "eval-base", "eval-tuned", "summary"],
@@ -153,8 +155,9 @@ def evaluate(args, out: Path, log: Path, times: dict, step, models: list[str]) -
         for shot in ([False] if args.no_one_shot else [False, True]):
             key = name + ("-one-shot" if shot else "")
             dest = out / "eval" / key / label
+            limit = ["--limit", str(args.one_shot_limit)] if shot and args.one_shot_limit else []
             step(f"eval {key} {label}", (dest / "results.json").exists(), lambda: sh(
-                ["evaluate", *task, "--model", *models, "--output", str(dest), "--no-progress",
+                ["evaluate", *task, *limit, "--model", *models, "--output", str(dest), "--no-progress",
                  "--tool-names", "Calculator", *(["--one-shot"] if shot else [])], log, threads))
     ppl = out / "eval" / "wikitext-ppl" / label
     step(f"eval perplexity {label}", (ppl / "results.json").exists(), lambda: sh(
