@@ -194,6 +194,11 @@ def delete_orphaned_temp_folders(out: str) -> None:
         delete(match(join(out, "beam-temp-**")))
 
 
+# Settings that decide how fast a run goes, not its records (up to float summation order): a resumed
+# run may use others (e.g. more torch threads once a machine is free). run.json keeps the first ones.
+RESUME_MAY_CHANGE = frozenset({"threads", "large_model"})
+
+
 def prepare(out: str | Path, settings_json: dict, resume: bool, parts: int) -> list[int]:
     """Check the directory and return the parts still to do.
 
@@ -220,16 +225,19 @@ def prepare(out: str | Path, settings_json: dict, resume: bool, parts: int) -> l
             before = read_json(run_json)
         except (OSError, ValueError) as e:
             raise UserError(f"--resume: cannot read {run_json}: {e}") from None
-        if before != settings_json:
-            diff = sorted(
-                k for k in set(before) | set(settings_json) if before.get(k) != settings_json.get(k)
-            )
+        diff = sorted(
+            k
+            for k in set(before) | set(settings_json)
+            if before.get(k) != settings_json.get(k) and k not in RESUME_MAY_CHANGE
+        )
+        if diff:
             raise UserError(f"--resume: settings differ from the run in {out}: {', '.join(diff)}")
         if exists(join(out, SUCCESS)):
             return []
     mkdirs(out)
     mkdirs(join(out, PARTS))
-    write_json(join(out, "run.json"), settings_json)
+    if not existing:
+        write_json(join(out, "run.json"), settings_json)
     delete_orphaned_temp_folders(out)  # a killed runner's temporary shards
     # a killed atomic write (only the local file system writes them)
     delete(match(join(out, "*.tmp")) + match(join(out, PARTS, "*.tmp")))

@@ -292,6 +292,7 @@ def test_refuses_an_existing_run_directory(scripted_dir, base_run):
     with pytest.raises(UserError, match="settings differ from the run in .*: seed"):
         run(settings(scripted_dir, "seed=5"), [base_run["input"]], out, resume=True)
     run(settings(scripted_dir), [base_run["input"]], out, resume=True)  # complete: a no-op
+    run(settings(scripted_dir, "threads=2"), [base_run["input"]], out, resume=True)  # a speed setting may change
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert StubCalc.calls == 0
 
