@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -74,15 +75,17 @@ def main() -> None:
     ap.add_argument("--augment-set", nargs="*", default=["calculator.k=20", "calculator.m=2", "calculator.tau_f=0.3",
                     "lazy_filter=true"], help="augment --override settings (chosen on 40 other problems, see README)")
     ap.add_argument("--workers", type=int, default=1, help="Beam direct-runner worker processes")
-    ap.add_argument("--finetune-args", nargs="*", default=["--learning-rate", "1e-4", "--max-steps", "60",
-                    "--effective-batch-size", "16", "--batch-size", "8", "--save-steps", "10",
-                    "--max-length", "512", "--dev-share", "0.1"])
+    ap.add_argument("--finetune-args", default="--learning-rate 5e-5 --max-steps 40 --effective-batch-size 8 "
+                    "--batch-size 8 --save-steps 5 --max-length 512 --dev-share 0.15",
+                    help='toolformer finetune flags, one string: --finetune-args="--learning-rate 1e-4 ..."')
     ap.add_argument("--mawps-limit", type=int, default=None, help="default: all 2,065")
     ap.add_argument("--gsm8k-limit", type=int, default=500)
     ap.add_argument("--one-shot-limit", type=int, default=None,
                     help="evaluate the one-shot conditions on the first N problems of each set only")
     ap.add_argument("--ppl-windows", type=int, default=40)
     ap.add_argument("--no-one-shot", action="store_true")
+    ap.add_argument("--sets", nargs="+", default=["mawps", "mawps-one-shot", "gsm8k", "gsm8k-one-shot", "wikitext-ppl"],
+                    help="evaluations to run (two processes may split them: each set is its own step)")
     ap.add_argument("--steps", nargs="+", default=["augment", "finetune", "eval-base", "eval-tuned", "summary"],
                     choices=["augment", "finetune", "eval-base", "eval-tuned", "summary"],
                     help="steps to run (the base model's evaluation needs no fine-tuning: run it alongside)")
@@ -127,7 +130,7 @@ def main() -> None:
           f"right call in {precision['right_problem_share']:.1%} of problems")
 
     step("finetune", (model / "finetune.json").exists() or "finetune" not in args.steps, lambda: sh(
-        ["finetune", "--data", str(run), "--output", str(model), *args.finetune_args], log))
+        ["finetune", "--data", str(run), "--output", str(model), *shlex.split(args.finetune_args)], log))
     if "eval-base" in args.steps and "augment" in args.steps:
         evaluate(args, out, log, times, step, [BASE])
     if "eval-tuned" in args.steps:
@@ -154,13 +157,15 @@ def evaluate(args, out: Path, log: Path, times: dict, step, models: list[str]) -
     for name, task in evals.items():
         for shot in ([False] if args.no_one_shot else [False, True]):
             key = name + ("-one-shot" if shot else "")
+            if key not in args.sets:
+                continue
             dest = out / "eval" / key / label
             limit = ["--limit", str(args.one_shot_limit)] if shot and args.one_shot_limit else []
             step(f"eval {key} {label}", (dest / "results.json").exists(), lambda: sh(
                 ["evaluate", *task, *limit, "--model", *models, "--output", str(dest), "--no-progress",
                  "--tool-names", "Calculator", *(["--one-shot"] if shot else [])], log, threads))
     ppl = out / "eval" / "wikitext-ppl" / label
-    step(f"eval perplexity {label}", (ppl / "results.json").exists(), lambda: sh(
+    step(f"eval perplexity {label}", (ppl / "results.json").exists() or "wikitext-ppl" not in args.sets, lambda: sh(
         ["evaluate", "--task", "perplexity", "--data", str(args.shared / "wikitext" / "wiki.test.raw"),
          "--limit", str(args.ppl_windows), "--model", *models, "--output", str(ppl), "--no-progress"],
         log, threads))

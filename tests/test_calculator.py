@@ -465,7 +465,7 @@ def test_arithmetic_relation_heuristic(text, expected):
         ("The bill came to a total of $45 for the night.", True),  # (ii) total of
         ("x = 12 in this case.", True),  # (ii) "=" then a number
         ("The average of 14 scores.", True),  # (ii)
-        ("Lists 1,2,5 read as three numbers: 1 + 2 ... none; 5 too.", False),
+        ("Pages 1,2,7 of the list.", False),  # three numbers, no relation, no "="
         ("It happened in 1999.", False),  # one number: never even drawn at random
     ],
 )

@@ -44,7 +44,7 @@ def test_user_errors_are_one_line_without_traceback():
     proc = subprocess.run([sys.executable, "-m", "toolformer.cli", "fetch-model", "--model", "nope"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "toolformer fetch-model: error: unknown model name 'nope'; known: smollm2-135m"
+    assert proc.stderr.strip() == "toolformer fetch-model: error: unknown model name 'nope'; known: smollm2-135m, gemma3-270m"
 
 
 def test_unknown_command_and_bad_flag(capsys):
