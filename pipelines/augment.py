@@ -397,6 +397,7 @@ def summarise(flat: dict[str, float], tools: list[str], wall_s: float) -> dict[s
                 "unparsed",
                 "duplicates",
                 "candidates",
+                "ungrounded",  # dropped before execution: the input is not written before the call
                 "executed",
                 "kept",
             )
