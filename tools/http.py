@@ -95,7 +95,9 @@ class _Watch:
                 pass
 
 
-class _WatchedHTTPConnection(HTTPConnection):
+class _Watched:
+    """Mixin: a connection registers with the current call's deadline watchdog before each request."""
+
     def request(self, *args, **kwargs):
         watch = getattr(_CURRENT, "call", None)
         if watch is not None:
@@ -103,12 +105,12 @@ class _WatchedHTTPConnection(HTTPConnection):
         return super().request(*args, **kwargs)
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def request(self, *args, **kwargs):
-        watch = getattr(_CURRENT, "call", None)
-        if watch is not None:
-            watch.use(self)
-        return super().request(*args, **kwargs)
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):
