@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from toolformer.call_format import DEFAULT_FORMAT, CallFormat, iter_calls
+from toolformer.models import leading_ids
 
 IGNORE_INDEX = -100  # the label value the HF loss skips
 
@@ -67,7 +68,8 @@ def encode_texts(texts: list[str], tokenizer, max_length: int, mask_results: boo
     """
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=mask_results, verbose=False)
     out = {"input_ids": [], "attention_mask": [], "labels": []}
-    keep = max_length - 1  # room for EOS
+    lead = leading_ids(tokenizer)  # Gemma's <bos>: what the model saw first in pre-training (never a label)
+    keep = max_length - 1 - len(lead)  # room for EOS
     for n, (text, ids) in enumerate(zip(texts, enc["input_ids"])):
         if len(ids) > keep and stats is not None:
             stats.truncated += 1
@@ -76,10 +78,10 @@ def encode_texts(texts: list[str], tokenizer, max_length: int, mask_results: boo
             labels = masked_labels(ids, enc["offset_mapping"][n][:keep], result_spans(text, fmt))
         else:
             labels = list(ids)
-        ids = list(ids) + [tokenizer.eos_token_id]
-        labels.append(tokenizer.eos_token_id)
+        ids = lead + list(ids) + [tokenizer.eos_token_id]
+        labels = [IGNORE_INDEX] * len(lead) + list(labels) + [tokenizer.eos_token_id]
         if stats is not None:
-            stats.masked_tokens += sum(1 for x in labels if x == IGNORE_INDEX)
+            stats.masked_tokens += sum(1 for x in labels[len(lead):] if x == IGNORE_INDEX)
             stats.label_tokens += sum(1 for x in labels if x != IGNORE_INDEX)
         out["input_ids"].append(ids)
         out["attention_mask"].append([1] * len(ids))

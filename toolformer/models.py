@@ -226,6 +226,22 @@ def load_tokenizer(spec: str | None = None, cache: str | os.PathLike | None = No
     return tok
 
 
+def leading_ids(tokenizer) -> list[int]:
+    """The special tokens the tokenizer puts before every text by itself (Gemma: ``<bos>``; SmolLM2: none).
+
+    Code that tokenizes with ``add_special_tokens=False`` (to control offsets and windows) prepends
+    these, so a model trained with a BOS sees one (Gemma 3 scores WikiText at perplexity ~440
+    without it). Found by encoding with and without special tokens, not assumed from ``bos_token``:
+    SmolLM2 has a ``bos_token`` that its tokenizer never adds.
+    """
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for n in range(len(with_special) - len(plain) + 1):
+        if with_special[n:n + len(plain)] == plain:
+            return list(with_special[:n])
+    return []
+
+
 def load_model(
     spec: str | None = None,
     device: str | None = None,

@@ -22,6 +22,8 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from toolformer.models import leading_ids
+
 
 @dataclasses.dataclass(frozen=True)
 class PerplexityResult:
@@ -55,7 +57,9 @@ def perplexity(model, tokenizer, text: str, window: int = 1024, stride: int = 51
                max_windows: int | None = None, progress: bool = True) -> PerplexityResult:
     """Sliding-window perplexity of ``text`` under ``model`` (at most ``max_windows`` windows)."""
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
-    window = min(window, model.config.max_position_embeddings)
+    # Each window starts with the tokens the tokenizer would put first (Gemma's <bos>), never scored.
+    lead = torch.tensor(leading_ids(tokenizer), dtype=ids.dtype)
+    window = min(window, model.config.max_position_embeddings - len(lead))
     spans = window_spans(len(ids), window, min(stride, window - 1))
     if max_windows is not None:
         spans = spans[:max_windows]
@@ -63,11 +67,11 @@ def perplexity(model, tokenizer, text: str, window: int = 1024, stride: int = 51
         raise ValueError("the text has fewer than two tokens: nothing to score")
     total_nll, total_tokens = 0.0, 0
     for begin, end, first in tqdm(spans, desc="perplexity", unit="window", disable=not progress):
-        chunk = ids[begin:end].unsqueeze(0).to(model.device)
-        logits = model(chunk).logits[0].float()
+        chunk = torch.cat([lead, ids[begin:end]]).unsqueeze(0).to(model.device)
+        logits = model(chunk).logits[0, len(lead):].float()
         # logits at position j predict token j + 1: score targets first..end-1.
         log_probs = torch.log_softmax(logits[first - begin - 1:end - begin - 1], dim=-1)
-        targets = chunk[0, first - begin:end - begin]
+        targets = chunk[0, len(lead) + first - begin:len(lead) + end - begin]
         total_nll -= log_probs.gather(1, targets.unsqueeze(1)).sum().item()
         total_tokens += len(targets)
     nll = total_nll / total_tokens
