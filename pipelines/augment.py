@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io import fileio
+from apache_beam.io import fileio, iobase, parquetio, textio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -54,6 +54,8 @@ from pipelines import rundir
 from pipelines.documents import DOC, InputLimits, input_limits, read_records
 from pipelines.model_handler import AugmentModelHandler
 from pipelines.settings import RunSettings, build_settings
+from pipelines.totals import expected_units as totals_of
+from pipelines.totals import in_process
 from pipelines.stages import (
     DEAD,
     FINISHED,
@@ -75,7 +77,7 @@ from pipelines.stages import (
     unit_key,
 )
 from toolformer.call_format import strip_calls
-from toolformer.errors import UserError
+from toolformer.errors import UserError, raise_if_storage_full
 from toolformer.filtering import keep_if_useful
 
 log = logging.getLogger(__name__)
@@ -196,6 +198,62 @@ def parquet_schemas():
     return texts, cands
 
 
+class _ShardWriter(iobase.Writer):
+    """A Beam file sink's writer whose failed writes for lack of room (disk full, file too large)
+    raise :class:`~toolformer.errors.StorageFull` naming the shard being written. The shard is a
+    temporary file of the runner's (``beam-temp-*``, renamed into place only once the whole step
+    succeeds), and the part has no marker yet, so nothing of it counts as done."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def _failed(self, e: Exception) -> None:
+        path = getattr(self.writer, "temp_shard_path", None)
+        raise_if_storage_full(e, path, rundir.RESUME_HINT)
+
+    def write(self, value):
+        try:
+            self.writer.write(value)
+        except Exception as e:
+            self._failed(e)
+            raise
+
+    def at_capacity(self):
+        return self.writer.at_capacity()
+
+    def close(self):
+        try:
+            return self.writer.close()
+        except Exception as e:
+            self._failed(e)
+            raise
+
+
+class _NamedShards:
+    """Mixin for a Beam file sink: its writers are :class:`_ShardWriter` (errors name the shard)."""
+
+    def open_writer(self, init_result, uid):
+        return _ShardWriter(super().open_writer(init_result, uid))
+
+
+class _TextShards(_NamedShards, textio._TextSink):
+    pass
+
+
+class _ParquetShards(_NamedShards, parquetio._ParquetSink):
+    pass
+
+
+def _name_failed_writes(write, sink_class):
+    """``write`` (WriteToText/WriteToParquet) with its sink's writers naming the shard on a failed
+    write (:class:`_ShardWriter`). Beam builds the sink inside the transform, so its class is swapped
+    for our subclass (same state, one more method); left as it is if a Beam version builds another."""
+    sink = getattr(write, "_sink", None)
+    if sink is not None and type(sink) is sink_class.__bases__[-1]:
+        sink.__class__ = sink_class
+    return write
+
+
 class WriteRecords(beam.PTransform):
     """JSONL shards (and optionally Parquet copies) named ``<kind>-pNNNN-SSSSS-of-NNNNN``."""
 
@@ -207,12 +265,18 @@ class WriteRecords(beam.PTransform):
     def expand(self, pcoll):
         pcoll | "Jsonl" >> (
             beam.Map(to_json)
-            | beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl", num_shards=self.num_shards)
+            | _name_failed_writes(
+                beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl", num_shards=self.num_shards),
+                _TextShards,
+            )
         )
         if self.schema is not None:
             rows = pcoll | "ToRow" >> beam.Map(self.to_row) if self.to_row else pcoll
-            rows | "Parquet" >> beam.io.WriteToParquet(
-                self.prefix, self.schema, file_name_suffix=".parquet", num_shards=self.num_shards
+            rows | "Parquet" >> _name_failed_writes(
+                beam.io.WriteToParquet(
+                    self.prefix, self.schema, file_name_suffix=".parquet", num_shards=self.num_shards
+                ),
+                _ParquetShards,
             )
 
 
@@ -256,8 +320,10 @@ def build_pipeline(
     settings: RunSettings,
     tools: dict[str, Any],
     journal: list[str] | None = None,
+    expected_units: int | None = None,
 ) -> None:
-    """Add one part's run to ``p``; ``journal`` lists the part's journal files to replay (resume)."""
+    """Add one part's run to ``p``; ``journal`` lists the part's journal files to replay (resume);
+    ``expected_units``, where known (pipelines/totals.py), the units the model will sample."""
     files, dirs = inputs
     per_tool = tools["settings"]
 
@@ -273,6 +339,7 @@ def build_pipeline(
             settings.large_model,
             threads=settings.threads,
             lazy_filter=settings.lazy_filter,
+            expected_units=expected_units if task == "sample" else None,
         )
 
     read_files = (
@@ -504,13 +571,22 @@ def _run_parts(settings, split, out, tools, resume, extra_args, save_main_sessio
     """run_augment under the run directory's lock: the parts still to do, stats.json, _SUCCESS."""
     todo = rundir.prepare(out, settings.to_json(), resume, settings.parts)
     result = None
+    journals = {part: rundir.journal_files(out, part) for part in todo}
+    # The progress lines' totals, where the model runs in this process (elsewhere a worker cannot be told).
+    totals = {}
+    if todo and in_process(pipeline_options(extra_args)):
+        try:
+            totals = totals_of(split, settings, tools, journals)
+        except Exception as e:  # noqa: BLE001 - only the progress lines' totals are lost; the pipeline meets
+            # the same document (a tool's heuristic that raises, say) where its errors are handled and counted.
+            log.warning("progress without totals: counting the units failed (%s: %s)", type(e).__name__, e)
     for part in todo:
         t0 = time.perf_counter()
         p = beam.Pipeline(options=pipeline_options(extra_args, save_main_session))
-        journal = rundir.journal_files(out, part)
+        journal = journals[part]
         if journal:
             log.info("part %d: replaying %d journal file(s) of an interrupted run", part, len(journal))
-        build_pipeline(p, split, out, part, settings, tools, journal)
+        build_pipeline(p, split, out, part, settings, tools, journal, totals.get(part))
         result = p.run()
         result.wait_until_finish()
         flat = metrics_of(result)

@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import pytest
 
 from pipelines import model_handler
-from pipelines.model_handler import AugmentModelHandler
 from tests.test_pipeline import MANY, run, scripted_dir, settings, write_jsonl  # noqa: F401 (fixture)
 from toolformer.progress import Throttle, duration, progress_text
 
@@ -55,22 +54,13 @@ def test_throttle():
     assert Throttle(15, first=True, clock=lambda: 0.0).due()
 
 
-class Expecting(AugmentModelHandler):
-    """The handler as a launcher that knows the sample task's total would build it."""
-
-    def __init__(self, task, *args, **kw):
-        super().__init__(task, *args, expected_units=len(MANY) if task == "sample" else None, **kw)
-
-
 def progress_lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "toolformer.progress"]
 
 
 def test_augment_logs_done_total_rate_and_eta(scripted_dir, tmp_path, monkeypatch, caplog):  # noqa: F811
-    import pipelines.augment
-
+    """The launcher counts the units (pipelines/totals.py) and tells the in-process handler."""
     monkeypatch.setattr(model_handler, "PROGRESS_EVERY_S", 0.0)
-    monkeypatch.setattr(pipelines.augment, "AugmentModelHandler", Expecting)
     caplog.set_level(logging.INFO, logger="toolformer.progress")
     inp = write_jsonl(tmp_path / "docs.jsonl", MANY)  # one window each: 8 units
     stats = run(settings(scripted_dir, "max_batch_tokens=128"), [inp], tmp_path / "run")
@@ -88,6 +78,10 @@ def test_augment_logs_done_total_rate_and_eta(scripted_dir, tmp_path, monkeypatc
 
 def test_augment_without_a_total_counts_units_routed_so_far(
         scripted_dir, tmp_path, monkeypatch, caplog):  # noqa: F811
+    """Workers the launcher cannot tell (a cluster, several processes): the units routed so far."""
+    import pipelines.augment
+
+    monkeypatch.setattr(pipelines.augment, "in_process", lambda options: False)
     monkeypatch.setattr(model_handler, "PROGRESS_EVERY_S", 0.0)
     caplog.set_level(logging.INFO, logger="toolformer.progress")
     inp = write_jsonl(tmp_path / "docs.jsonl", MANY)
@@ -98,6 +92,34 @@ def test_augment_without_a_total_counts_units_routed_so_far(
         done, routed = map(int, found.groups())
         assert done <= routed <= len(MANY)
     assert sample[-1].startswith("augment sample: 8 units done of 8 routed so far")
+
+
+def test_totals_per_part_mirror_the_pipeline_and_leave_out_journaled_units(scripted_dir, tmp_path):  # noqa: F811
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.augment import pipeline_options, split_inputs, tool_setup
+    from pipelines.stages import in_part, journal_line
+    from pipelines.totals import expected_units, in_process
+
+    assert in_process(pipeline_options([]))
+    assert not in_process(PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"]))
+    assert not in_process(PipelineOptions(["--runner=DataflowRunner"]))
+    docs = MANY + [dict(MANY[0], text=MANY[0]["text"] + " longer")]  # a duplicate id: one document
+    inp = write_jsonl(tmp_path / "docs.jsonl", docs)
+    s = settings(scripted_dir, "parts=3")
+    tools = tool_setup(s)
+    parts = {p: [d["doc_id"] for d in MANY if in_part(d["doc_id"], p, 3)] for p in range(3)}
+    assert expected_units(split_inputs([str(inp)]), s, tools, {}) == {p: len(ids) for p, ids in parts.items()}
+    part = max(parts, key=lambda p: len(parts[p]))
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(journal_line({"key": [parts[part][0], "Calc", 0], "records": [], "dead": [], "counts": {}}))
+    got = expected_units(split_inputs([str(inp)]), s, tools, {part: [str(journal)]})
+    assert got[part] == len(parts[part]) - 1
+    # the pipeline's Limit comes before its de-duplication: the 3 smallest ids are d0, d0 and d1
+    limited = settings(scripted_dir, "parts=1", "limit=3")
+    assert expected_units(split_inputs([str(inp)]), limited, tool_setup(limited), {}) == {0: 2}
+    stats = run(limited, [inp], tmp_path / "run")
+    assert stats["tools"]["Calc"]["windows"] == 2
 
 
 def test_finetune_logs_steps_done_total_and_eta(tmp_path, tiny_model_dir, caplog):
