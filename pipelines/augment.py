@@ -285,16 +285,12 @@ class WriteRecords(beam.PTransform):
 
 def tool_setup(settings: RunSettings) -> dict[str, Any]:
     """Resolve ``--tools`` once on the launcher: names, prompt templates, per-tool settings."""
-    from tools.base import tool_class
+    from tools.base import resolve_tool
 
     specs, templates, takes_input, per_tool, config = {}, {}, {}, {}, {}
     for spec in settings.tools:
-        try:
-            cls = tool_class(spec)
-        except KeyError as e:
-            raise UserError(f"--tools: {e.args[0]}") from None
+        cls, tool_config = resolve_tool(spec, settings.index)  # WikiSearch and QA get --index
         name = cls.name
-        tool_config = {"index": settings.index} if name == "WikiSearch" and settings.index else {}
         tool = cls(**tool_config)
         specs[name], config[name], takes_input[name] = spec, tool_config, cls.takes_input
         templates[name] = tool.prompt_template

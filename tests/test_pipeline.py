@@ -514,3 +514,16 @@ def test_refilter_switches_the_grounding_rule(tmp_path):
         refilter(str(tmp_path / "pruned"), str(tmp_path / "x"), grounded=["Calculator=false"])
     with pytest.raises(UserError, match="expected TOOL=true or TOOL=false"):
         refilter(str(tmp_path / "pruned"), str(tmp_path / "y"), grounded=["Calculator"])
+
+
+def test_augment_gives_qa_and_wikisearch_the_index(tmp_path):
+    """`augment --tools qa --index DIR` built QA without its index (every call "unavailable")."""
+    from pipelines.augment import tool_setup
+    from pipelines.settings import build_settings
+    from toolformer.errors import UserError
+
+    index = str(tmp_path / "idx")
+    s = build_settings(None, [], tools=("qa", "wikisearch", "calculator"), index=index)
+    assert tool_setup(s)["config"] == {"QA": {"index": index}, "WikiSearch": {"index": index}, "Calculator": {}}
+    with pytest.raises(UserError, match="--tools qa needs --index DIR"):
+        tool_setup(build_settings(None, [], tools=("qa",)))

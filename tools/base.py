@@ -172,6 +172,27 @@ def get_tool(spec: str, **config: Any) -> Tool:
 INDEXED_TOOLS = frozenset({"wikisearch", "qa"})  # read the WikiSearch index given by --index
 
 
+def resolve_tool(spec: str, index: str | None = None, flag: str = "--tools") -> tuple[type[Tool], dict[str, Any]]:
+    """The class of ``spec`` (a name or ``module:Class``) and the configuration a command gives it:
+    the search index for WikiSearch and QA (by the class's name, so a subclass gets it too).
+
+    The one place where a command's flags become a tool's resources (``build_tools`` here, and
+    ``augment``'s launcher, which must ship the configuration to its workers). An unknown tool or an
+    indexed tool without an index raises :class:`~toolformer.errors.UserError` naming ``flag``.
+    """
+    from toolformer.errors import UserError
+
+    try:
+        cls = tool_class(spec)
+    except KeyError as e:
+        raise UserError(f"{flag}: {e.args[0]}") from None
+    if cls.name.lower() not in INDEXED_TOOLS:
+        return cls, {}
+    if not index:
+        raise UserError(f"{flag} {spec} needs --index DIR (a search index built by `toolformer index`)")
+    return cls, {"index": index}
+
+
 def build_tools(names: Sequence[str], index: str | None = None, flag: str = "--tools") -> dict[str, Tool]:
     """Instantiate tools by name or ``module:Class`` for a command; WikiSearch and QA get ``index``.
 
@@ -182,13 +203,9 @@ def build_tools(names: Sequence[str], index: str | None = None, flag: str = "--t
 
     tools: dict[str, Tool] = {}
     for name in names:
-        indexed = name.lower() in INDEXED_TOOLS
-        if indexed and not index:
-            raise UserError(f"{flag} {name} needs --index DIR (a search index built by `toolformer index`)")
+        cls, config = resolve_tool(name, index, flag)
         try:
-            tool = get_tool(name, **({"index": index} if indexed else {}))
-        except KeyError as e:
-            raise UserError(f"{flag}: {e.args[0]}") from None
+            tool = cls(**config)
         except (TypeError, ValueError, OSError) as e:
             raise UserError(f"cannot set up tool {name!r}: {e}") from None
         tools[tool.name] = tool
