@@ -37,7 +37,7 @@ from typing import Any
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from toolformer.errors import UserError
+from toolformer.errors import UserError, raise_if_storage_full
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,11 @@ SUCCESS = "_SUCCESS"
 JOURNAL = ".journal"
 PARTS = ".parts"
 RAW = CompressionTypes.UNCOMPRESSED  # never (de)compress by file name: we hash and copy bytes
+# After a write that failed for lack of room (StorageFull): what a resume keeps and redoes.
+RESUME_HINT = (
+    "free space (or raise the file-size limit), then rerun with --resume: finished parts are kept, "
+    "nothing half-written counts as done"
+)
 
 
 def part_name(part: int) -> str:
@@ -104,9 +109,14 @@ def read_json(path: str) -> Any:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Write a file in place (not atomic on the local file system; see :func:`write_json`)."""
-    with FileSystems.create(path, compression_type=RAW) as f:
-        f.write(data)
+    """Write a file in place (not atomic on the local file system; see :func:`write_json`).
+    A write that fails for lack of room raises :class:`~toolformer.errors.StorageFull` naming it."""
+    try:
+        with FileSystems.create(path, compression_type=RAW) as f:
+            f.write(data)
+    except Exception as e:
+        raise_if_storage_full(e, path, RESUME_HINT)
+        raise
 
 
 def write_json(path: str | Path, data: Any) -> None:
