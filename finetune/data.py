@@ -20,6 +20,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolformer import runs
 from toolformer.call_format import DEFAULT_FORMAT, CallFormat, iter_calls, strip_calls
 from toolformer.errors import UserError
 
@@ -45,45 +46,57 @@ class TextCorpus:
         self.files += other.files
 
 
-def data_files(spec: str) -> list[Path]:
-    """The files one ``--data`` entry stands for (a run dir gives its shards, sorted)."""
+def data_files(spec: str) -> list[str]:
+    """The files one ``--data`` entry stands for (a run dir gives its shards, sorted). A run
+    directory or ``.jsonl`` file may be on any Beam file system (``gs://b/run``: toolformer/runs.py)."""
+    if runs.is_remote(spec):
+        shards = runs.shards(spec, "texts")
+        if shards:
+            if not runs.is_complete(spec):
+                raise UserError(f"--data {spec}: pipeline run is incomplete (no {RUN_COMPLETE}); "
+                                "wait for it to finish or pass the shard files explicitly")
+            return shards
+        if runs.exists(spec) and spec.endswith((".jsonl", ".json", ".jsonl.gz")):
+            return [spec]
+        raise UserError(f"--data {spec}: no {RUN_SHARDS} shards of a run there, and not a .jsonl file "
+                        "(Parquet files and saved datasets are read from local paths only)")
     p = Path(spec)
     if not p.exists():
         raise UserError(f"--data {spec}: no such file or directory")
     if p.is_file():
-        return [p]
-    shards = sorted(p.glob(RUN_SHARDS))
+        return [spec]
+    shards = runs.shards(spec, "texts")
     if shards:
-        if not (p / RUN_COMPLETE).exists():
+        if not runs.is_complete(spec):
             # The pipeline writes _SUCCESS last: without it the shards may be half written.
             raise UserError(f"--data {spec}: pipeline run is incomplete (no {RUN_COMPLETE}); "
                             "wait for it to finish or pass the shard files explicitly")
         return shards
     if (p / "dataset_info.json").exists() or (p / "state.json").exists():
-        return [p]
+        return [spec]
     raise UserError(f"--data {spec}: directory holds neither {RUN_SHARDS} shards nor a saved HF dataset")
 
 
-def _read_jsonl(path: Path, text_field: str) -> TextCorpus:
+def _read_jsonl(path: str, text_field: str) -> TextCorpus:
+    """One JSON object per line (local or on a Beam file system; ``.gz`` decompressed)."""
     out = TextCorpus(files=[str(path)])
     first_problem = None
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    for n, line in runs.lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            problem = f"{path}:{n}: invalid JSON ({e.msg})"
+        else:
+            problem = _check_record(record, text_field, f"{path}:{n}")
+            if problem is None:
+                out.texts.append(record[text_field])
+                out.sources.append(f"{path}:{n}")
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                problem = f"{path}:{n}: invalid JSON ({e.msg})"
-            else:
-                problem = _check_record(record, text_field, f"{path}:{n}")
-                if problem is None:
-                    out.texts.append(record[text_field])
-                    out.sources.append(f"{path}:{n}")
-                    continue
-            out.skipped += 1
-            first_problem = first_problem or problem
-            log.warning("skipping %s", problem)
+        out.skipped += 1
+        first_problem = first_problem or problem
+        log.warning("skipping %s", problem)
     if not out.texts and first_problem:
         raise UserError(f"no usable texts in {path}: {first_problem}")
     return out
@@ -132,12 +145,12 @@ def read_texts(data: list[str], text_field: str = "text") -> TextCorpus:
     corpus = TextCorpus()
     for spec in data:
         for path in data_files(spec):
-            if path.is_dir() or path.suffix == ".parquet":
-                corpus.extend(_read_table(path, text_field))
-            elif path.suffix in (".jsonl", ".json"):
+            if not runs.is_remote(path) and (Path(path).is_dir() or path.endswith(".parquet")):
+                corpus.extend(_read_table(Path(path), text_field))
+            elif path.endswith((".jsonl", ".json", ".jsonl.gz")):
                 corpus.extend(_read_jsonl(path, text_field))
             else:
-                raise UserError(f"--data {path}: unsupported file type {path.suffix!r} "
+                raise UserError(f"--data {path}: unsupported file type {Path(path).suffix!r} "
                                 "(use .jsonl, .json, .parquet or a saved HF dataset directory)")
     if not corpus.texts:
         raise UserError(f"--data {' '.join(data)}: no texts found (empty data)")

@@ -308,3 +308,24 @@ def test_augment_on_an_object_store_equals_a_local_run_and_resume_is_a_no_op(
     assert rundir.exists("fakeobj://bucket/strict/_SUCCESS")
     assert main(["refilter", OUT, "fakeobj://bucket/strict"]) == 2
     assert "already exists and is not empty" in capsys.readouterr().err
+
+    # report and finetune's reader take the run where it is, and read what they read locally
+    from finetune.data import read_texts
+    from toolformer.report import load_run, write_report
+
+    here, there = load_run(tmp_path / "local"), load_run(OUT)
+    assert there.complete and there.documents == here.documents > 0
+    assert {t: (s.candidates, s.kept, s.deltas) for t, s in there.tools.items()} == {
+        t: (s.candidates, s.kept, s.deltas) for t, s in here.tools.items()}
+    assert there.examples == here.examples and there.dead_letters == here.dead_letters
+    with pytest.raises(UserError, match="is not a local folder: pass --output DIR"):
+        write_report(OUT)
+    assert main(["report", OUT, "--output", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "index.html").is_file()
+    assert read_texts([OUT]).texts == read_texts([str(tmp_path / "local")]).texts
+    assert read_texts([f"{OUT}/{next(n for n in objects() if n.startswith('texts-') and n.endswith('.jsonl'))}"]).texts
+    with pytest.raises(UserError, match="pipeline run is incomplete"):
+        rundir.delete([f"{OUT}/_SUCCESS"])
+        read_texts([OUT])
+    with pytest.raises(UserError, match="no texts-\\*.jsonl shards of a run there"):
+        read_texts(["fakeobj://bucket/nothing"])

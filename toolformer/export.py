@@ -1,7 +1,7 @@
 """Export a finished augment run for other tools: ``toolformer export RUN --format trl|text|hf --output DIR``.
 
 ``RUN`` is a finished ``toolformer augment`` (or ``refilter``) run directory, a local path or any Beam
-file system URL (its ``texts-*.jsonl`` shards are read through :mod:`pipelines.rundir`; ``_SUCCESS``
+file system URL (its ``texts-*.jsonl`` shards are read through :mod:`toolformer.runs`; ``_SUCCESS``
 must be there). ``DIR`` is a new (or empty) local directory; it is written next to it under a
 temporary name and renamed into place at the end, so a failed export leaves nothing behind.
 
@@ -87,6 +87,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolformer import runs
 from toolformer.call_format import DEFAULT_FORMAT, EMPTY_INPUT, OK, iter_calls
 from toolformer.errors import UserError
 
@@ -227,29 +228,27 @@ def _json_lines(path: str, data: bytes) -> list[dict]:
 
 def read_run(run: str) -> Run:
     """The documents of a finished run, in shard order (a :class:`UserError` if it is not one)."""
-    from pipelines import rundir
-
-    if rundir.is_local(run) and not os.path.isdir(run):
+    if not runs.is_remote(run) and not os.path.isdir(run):
         raise UserError(f"RUN {run}: no such directory")
     try:
-        finished = rundir.exists(rundir.join(run, rundir.SUCCESS))
+        finished = runs.is_complete(run)
     except ValueError as e:  # a URL scheme without an installed Beam file system
         raise UserError(f"RUN {run}: {e}") from None
     if not finished:
-        raise UserError(f"RUN {run} is not a finished augment run (no {rundir.SUCCESS})")
-    shards = rundir.match(rundir.join(run, "texts-*.jsonl")) + rundir.match(rundir.join(run, "texts-*.jsonl.gz"))
+        raise UserError(f"RUN {run} is not a finished augment run (no {runs.SUCCESS})")
+    shards = runs.shards(run, "texts")
     if not shards:
         raise UserError(f"RUN {run} has no texts-*.jsonl shards; is it an augment run directory?")
     documents = []
     for path in sorted(shards):
-        for row in _json_lines(path, rundir.read_bytes(path)):
+        for row in _json_lines(path, runs.read_bytes(path)):
             doc_id = row.get("doc_id")
             documents.append(split_document(row["text"], None if doc_id is None else str(doc_id)))
     meta = {}
     for name in ("run.json", "stats.json"):
-        path = rundir.join(run, name)
+        path = runs.join(run, name)
         try:
-            meta[name] = rundir.read_json(path) if rundir.exists(path) else None
+            meta[name] = runs.read_json(path) if runs.exists(path) else None
         except (OSError, ValueError) as e:
             raise UserError(f"{path}: cannot read it ({e})") from None
     return Run(run, documents, meta["run.json"], meta["stats.json"])

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
-import gzip
 import heapq
 import html
 import io
@@ -32,10 +31,12 @@ import json
 import logging
 import math
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from toolformer import runs
 from toolformer.call_format import render_call, strip_calls
 from toolformer.errors import UserError
 
@@ -87,7 +88,7 @@ class Example:
 
 @dataclasses.dataclass
 class RunData:
-    run_dir: Path
+    run_dir: str  # a local path or a Beam file system URL (gs://...)
     complete: bool  # _SUCCESS present
     tools: dict[str, ToolSummary]
     failures: collections.Counter  # (tool, reason) -> count
@@ -110,32 +111,26 @@ class RunData:
 # Reading a run
 
 
-def _shards(run_dir: Path, pattern: str) -> list[Path]:
-    return sorted(run_dir.glob(pattern)) + sorted(run_dir.glob(pattern + ".gz"))
-
-
-def _records(paths: list[Path], run_dir: Path, warnings: list[str], counter: list[int]) -> Iterator[
+def _records(paths: list[str], run_dir: str, warnings: list[str], counter: list[int]) -> Iterator[
         tuple[str, int, dict]]:
     """(file name, line number, record) for every JSON object line; bad lines are reported."""
     for path in paths:
-        opener = gzip.open if path.suffix == ".gz" else open
-        name = path.relative_to(run_dir).as_posix()
+        name = runs.relative(run_dir, path)
         lineno = 0
         try:
-            with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        _skip(warnings, counter, f"{name} line {lineno}: invalid JSON ({e.msg})")
-                        continue
-                    if not isinstance(rec, dict):
-                        _skip(warnings, counter, f"{name} line {lineno}: not a JSON object")
-                        continue
-                    yield name, lineno, rec
-        except (OSError, EOFError) as e:  # a truncated .gz shard: keep what was read, report the rest
+            for lineno, line in runs.lines(path):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    _skip(warnings, counter, f"{name} line {lineno}: invalid JSON ({e.msg})")
+                    continue
+                if not isinstance(rec, dict):
+                    _skip(warnings, counter, f"{name} line {lineno}: not a JSON object")
+                    continue
+                yield name, lineno, rec
+        except (OSError, EOFError, zlib.error) as e:  # a truncated .gz shard: keep what was read, report the rest
             _skip(warnings, counter, f"{name} after line {lineno}: unreadable ({e})")
 
 
@@ -154,24 +149,27 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def load_run(run_dir: Path, best: int = BEST_EXAMPLES) -> RunData:
-    """Read a pipeline output directory into the counts and examples the report shows."""
-    if not run_dir.exists():
-        raise UserError(f"run directory {run_dir} does not exist")
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} is not a directory")
-    stats_path = run_dir / "stats.json"
-    shards = {p: _shards(run_dir, p) for p in RUN_FILES}
-    if not stats_path.exists() and not any(shards.values()):
+def load_run(run_dir: str | Path, best: int = BEST_EXAMPLES) -> RunData:
+    """Read a pipeline output directory (local or on a Beam file system) into the counts and
+    examples the report shows."""
+    run_dir = str(run_dir)
+    if not runs.is_remote(run_dir):
+        if not Path(run_dir).exists():
+            raise UserError(f"run directory {run_dir} does not exist")
+        if not Path(run_dir).is_dir():
+            raise UserError(f"{run_dir} is not a directory")
+    stats_path = runs.join(run_dir, runs.STATS)
+    shards = {p: runs.shards(run_dir, p.split("-")[0]) for p in RUN_FILES}
+    if not runs.exists(stats_path) and not any(shards.values()):
         raise UserError(f"{run_dir} is not a pipeline run directory (no stats.json, candidates-*.jsonl "
                         "or texts-*.jsonl in it)")
     warnings: list[str] = []
     skipped = [0]
 
     stats: dict[str, Any] = {}
-    if stats_path.exists():
+    if runs.exists(stats_path):
         try:
-            stats = json.loads(stats_path.read_text(encoding="utf-8"))
+            stats = runs.read_json(stats_path)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             _skip(warnings, skipped, f"stats.json: unreadable ({e})")
         if not isinstance(stats, dict):
@@ -251,7 +249,7 @@ def load_run(run_dir: Path, best: int = BEST_EXAMPLES) -> RunData:
         warnings.append(f"... and {skipped[0] - len(warnings)} more skipped records")
     return RunData(
         run_dir=run_dir,
-        complete=(run_dir / "_SUCCESS").exists(),
+        complete=runs.is_complete(run_dir),
         tools=dict(sorted(tools.items())),
         failures=failures,
         drops=drops,
@@ -266,9 +264,9 @@ def load_run(run_dir: Path, best: int = BEST_EXAMPLES) -> RunData:
     )
 
 
-def _lazy_filter(run_dir: Path) -> bool:
+def _lazy_filter(run_dir: str) -> bool:
     try:
-        return json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("lazy_filter") is True
+        return runs.read_json(runs.join(run_dir, runs.SETTINGS)).get("lazy_filter") is True
     except (OSError, ValueError, AttributeError):  # no run.json (an older run, a copy): not stated
         return False
 
@@ -684,9 +682,10 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
 
     Returns the path of ``index.html``.
     """
-    run_dir = Path(run_dir)
     data = load_run(run_dir)
-    out = Path(output) if output is not None else run_dir / "report"
+    if output is None and runs.is_remote(str(run_dir)):
+        raise UserError(f"{run_dir} is not a local folder: pass --output DIR (a local folder for the report)")
+    out = Path(output) if output is not None else Path(run_dir) / "report"
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
