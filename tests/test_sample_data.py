@@ -13,7 +13,7 @@ from fractions import Fraction
 import pytest
 
 from toolformer.data import DATA_DIR, SAMPLE_FILES, sample_path
-from toolformer.data.make_samples import check_relations, generate, main, rel, render
+from scripts.sample_data.make_samples import check_relations, generate, main, rel, render
 from tools.heuristics import document_date, has_arithmetic_relation, numbers_in
 
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]

@@ -6,8 +6,8 @@
 * ``sample_math.jsonl``: math word problems ({"id", "question", "answer"}),
 * ``sample_cloze.jsonl``: fact cloze items ({"id", "masked_sentence", "question", "answer"}).
 
-The files are produced by ``python -m toolformer.data.make_samples`` from hand-written facts
-(``facts.py``) and templates; that command rewrites them byte for byte.
+The files are produced by ``python -m scripts.sample_data.make_samples`` from hand-written facts
+(``scripts/sample_data/facts.py``, not installed) and templates; that command rewrites them byte for byte.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Generate the bundled sample data deterministically from ``facts.py`` and templates.
 
-    python -m toolformer.data.make_samples            # rewrite the four sample_*.jsonl files
-    python -m toolformer.data.make_samples --check    # fail if the committed files are out of date
+    python -m scripts.sample_data.make_samples            # rewrite the four sample_*.jsonl files
+    python -m scripts.sample_data.make_samples --check    # fail if the committed files are out of date
 
 Every arithmetic statement in a document or a math problem is produced together with the
 relation it states (``a op b = c``) and checked with exact fractions before anything is
@@ -21,7 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from toolformer.data import DATA_DIR
-from toolformer.data.facts import (
+from scripts.sample_data.facts import (
     APPROXIMATE_BIRTH,
     COUNTRIES,
     ELEMENT_CLASS,
@@ -790,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(text, encoding="utf-8")
         print(f"{path}: {len(records)} records, {len(text.encode()):,} bytes")
     if stale:
-        print(f"out of date: {', '.join(stale)} (run python -m toolformer.data.make_samples)",
+        print(f"out of date: {', '.join(stale)} (run python -m scripts.sample_data.make_samples)",
               file=sys.stderr)
         return 1
     return 0

@@ -1,0 +1,1 @@
+"""Developer scripts, not installed: run from the repository root (``python -m scripts....``)."""
