@@ -18,6 +18,12 @@ One command for the whole method on real data (``make experiment`` runs it with 
    WikiText-2 perplexity with tools disabled.
 6. **Report**: ``DIR/summary.md`` (the table, the time each step took), ``DIR/summary.json`` and
    ``DIR/accuracy.png``.
+7. **Self-training, round 2** (beyond the paper; its Limitations section proposes it), with
+   ``--round2-docs N``: the round-1 model annotates the next N GSM8K train documents
+   (``DIR/round2/augment-tuned``; with ``--round2-compare-base`` the base model annotates the same
+   documents too, ``DIR/round2/augment-base``: the two annotators side by side), then the *base* model
+   is fine-tuned on round 1's and round 2's kept calls (``DIR/round2/final_model``) and evaluated
+   like the round-1 model (label ``tuned-r2``).
 
 Each step is skipped when its output is complete, so a re-run after an interruption continues.
 Artifacts stay in ``--output`` (default ``experiment_out/``, ignored by git).
@@ -90,6 +96,12 @@ def main() -> None:
                     choices=["augment", "finetune", "eval-base", "eval-tuned", "summary"],
                     help="steps to run (the base model's evaluation needs no fine-tuning: run it alongside)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the augment and evaluate steps")
+    ap.add_argument("--parts", type=int, default=1, help="augment --parts (a killed run keeps its finished parts)")
+    ap.add_argument("--round2-docs", type=int, default=0,
+                    help="self-training: the round-1 model annotates the next N documents (0: no round 2)")
+    ap.add_argument("--round2-compare-base", action="store_true",
+                    help="round 2: the base model annotates the same documents too (an A/B of the annotators)")
+    ap.add_argument("--round2-finetune-args", default=None, help="default: --finetune-args")
     args = ap.parse_args()
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
@@ -119,10 +131,13 @@ def main() -> None:
             return
     workers = ["--direct_num_workers", str(args.workers), "--direct_running_mode", "multi_processing"] \
         if args.workers > 1 else []
-    step("augment", (run / "_SUCCESS").exists() or "augment" not in args.steps, lambda: sh(
-        ["augment", "--input", str(docs), "--output", str(run), "--tools", "calculator",
-         *(["--resume"] if (run / "run.json").exists() else []),
-         "--override", *args.augment_set, f"threads={args.threads}", *workers], log))
+    def augment(docs_file: Path, dest: Path, model_spec: str) -> float:
+        return sh(["augment", "--input", str(docs_file), "--output", str(dest), "--tools", "calculator",
+                   "--model", model_spec, *(["--resume"] if (dest / "run.json").exists() else []),
+                   "--parts", str(args.parts), "--override", *args.augment_set, f"threads={args.threads}",
+                   *workers], log)
+
+    step("augment", (run / "_SUCCESS").exists() or "augment" not in args.steps, lambda: augment(docs, run, BASE))
     precision = judge(problems, read_candidates(str(run)), slack=12)
     (out / "precision.json").write_text(json.dumps(precision, indent=1))
     stats = json.loads((run / "stats.json").read_text())
@@ -135,17 +150,50 @@ def main() -> None:
         evaluate(args, out, log, times, step, [BASE])
     if "eval-tuned" in args.steps:
         evaluate(args, out, log, times, step, [str(model)])
+    round2 = {}
+    if args.round2_docs:
+        round2 = self_train(args, out, log, times, step, augment, run, model)
     if "summary" in args.steps:
         tables = {}
         for d in sorted((out / "eval").glob("*/*")):
             if (d / "results.json").exists():
-                tables.setdefault(d.parent.name, []).extend(results_of(d))
-        write_summary(out, args, stats, precision, tables, times)
+                # the round-2 model is also a directory called final_model: say which round it is
+                rename = (lambda c: c.replace("final_model", "round-2 model")) if d.name == "tuned-r2" else str
+                tables.setdefault(d.parent.name, []).extend(
+                    {**c, "condition": rename(c["condition"])} for c in results_of(d))
+        write_summary(out, args, stats, precision, tables, times, round2)
 
 
-def evaluate(args, out: Path, log: Path, times: dict, step, models: list[str]) -> None:
+def self_train(args, out: Path, log: Path, times: dict, step, augment, run1: Path, model1: Path) -> dict:
+    """Round 2: the round-1 model annotates new documents; the base model is fine-tuned on both rounds."""
+    r2 = out / "round2"
+    r2.mkdir(exist_ok=True)
+    problems = load_problems(args.shared / "gsm8k" / "train.jsonl", args.docs + args.round2_docs)[args.docs:]
+    docs = r2 / "docs.jsonl"
+    if not docs.exists():
+        write_docs(problems, docs)
+    annotators = {"tuned": str(model1), **({"base": BASE} if args.round2_compare_base else {})}
+    precision = {}
+    for label, spec in annotators.items():
+        dest = r2 / f"augment-{label}"
+        step(f"round2 augment {label}", (dest / "_SUCCESS").exists(), lambda: augment(docs, dest, spec))
+        precision[label] = judge(problems, read_candidates(str(dest)), slack=12)
+        p = precision[label]
+        print(f"round 2, annotated by the {label} model: {p['candidates']} candidates, kept {p['kept']}, "
+              f"precision {p['precision']:.2f}, right call in {p['right_problem_share']:.1%} of documents")
+    (r2 / "precision.json").write_text(json.dumps(precision, indent=1))
+    model2 = r2 / "final_model"
+    step("round2 finetune", (model2 / "finetune.json").exists(), lambda: sh(
+        ["finetune", "--data", str(run1), str(r2 / "augment-tuned"), "--output", str(model2),
+         *shlex.split(args.round2_finetune_args or args.finetune_args)], log))
+    if "eval-tuned" in args.steps:
+        evaluate(args, out, log, times, step, [str(model2)], label="tuned-r2")
+    return precision
+
+
+def evaluate(args, out: Path, log: Path, times: dict, step, models: list[str], label: str | None = None) -> None:
     """Each evaluation of ``models`` (one label each) into ``out/eval/<set>/<label>``."""
-    label = "base" if models == [BASE] else "tuned"
+    label = label or ("base" if models == [BASE] else "tuned")
 
     evals = {
         "mawps": ["--task", "math", "--data", str(args.shared / "mawps" / "tora" / "test.jsonl"),
@@ -171,7 +219,8 @@ def evaluate(args, out: Path, log: Path, times: dict, step, models: list[str]) -
         log, threads))
 
 
-def write_summary(out: Path, args, stats: dict, precision: dict, tables: dict, times: dict) -> None:
+def write_summary(out: Path, args, stats: dict, precision: dict, tables: dict, times: dict,
+                  round2: dict | None = None) -> None:
     rows = []
     for key, conds in tables.items():
         for c in conds:
@@ -180,6 +229,10 @@ def write_summary(out: Path, args, stats: dict, precision: dict, tables: dict, t
     lines = [f"# Experiment: {args.docs} GSM8K train documents, Calculator", "",
              f"Kept {precision['kept']} calls ({precision['kept_per_problem']:.3f} per document), precision "
              f"{precision['precision']:.2f}, a right call in {precision['right_problem_share']:.1%} of documents.", "",
+             *[f"Round 2 ({args.round2_docs} more documents), annotated by the {label} model: {p['candidates']} "
+               f"candidates, kept {p['kept']} ({p['kept_per_problem']:.3f} per document), precision "
+               f"{p['precision']:.2f}, a right call in {p['right_problem_share']:.1%} of documents." + "\n"
+               for label, p in (round2 or {}).items()],
              "| eval | condition | n | accuracy | outputs with a call | perplexity |", "|---|---|---:|---:|---:|---:|"]
     for r in rows:
         acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
@@ -190,7 +243,8 @@ def write_summary(out: Path, args, stats: dict, precision: dict, tables: dict, t
               f"Total: {sum(times.values()) / 60:.1f} min"]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps({"precision": precision, "augment_stats": stats, "rows": rows,
-                                                  "times": times}, indent=1, default=str))
+                                                  "round2_precision": round2 or {}, "times": times},
+                                                 indent=1, default=str))
     print("\n".join(lines))
     plot(out, rows)
 
