@@ -27,6 +27,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipelines.documents import dead_letter
+from pipelines.rundir import RESUME_HINT
+from toolformer.errors import raise_if_storage_full
 from toolformer.filtering import keep_if_useful
 from toolformer.insertion import insert_calls
 from toolformer.sampling import stable_seed
@@ -448,10 +450,22 @@ class FinishUnitFn(beam.DoFn):
         from apache_beam.io.filesystems import FileSystems
 
         if self._file is None:
-            path = FileSystems.join(self.journal_dir, f"{uuid.uuid4().hex}.jsonl")
-            self._file, self._units, self._opened = FileSystems.create(path), 0, time.monotonic()
-        self._file.write(journal_line(finished))
-        self._file.flush()
+            self._path = FileSystems.join(self.journal_dir, f"{uuid.uuid4().hex}.jsonl")
+            self._file, self._units, self._opened = FileSystems.create(self._path), 0, time.monotonic()
+        try:
+            self._file.write(journal_line(finished))
+            self._file.flush()
+        except Exception as e:
+            # Disk full or file too large: the file may end in a torn line, which a resume ignores
+            # (parse_journal), so this unit counts as not done. Drop the file object without
+            # flushing its buffer again (teardown would raise a second error over this one).
+            broken, self._file = self._file, None
+            try:
+                broken.close()
+            except Exception:  # noqa: BLE001 - the same write failing again
+                pass
+            raise_if_storage_full(e, self._path, RESUME_HINT)
+            raise
         self._units += 1
         if self._units >= JOURNAL_ROTATE_UNITS or time.monotonic() - self._opened >= JOURNAL_ROTATE_S:
             self._close()

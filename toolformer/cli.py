@@ -21,7 +21,7 @@ import types
 import typing
 from typing import Callable, Literal, get_args, get_origin
 
-from toolformer.errors import UserError
+from toolformer.errors import ResourceExhausted, UserError, storage_full
 
 # name -> "module:function"; imported only when the command runs, so `--help` stays fast.
 COMMANDS: dict[str, str] = {
@@ -76,17 +76,56 @@ class QuietThirdParty(logging.Filter):
                        for package, start in THIRD_PARTY_NOISE)
 
 
+def _resource_error(exc: BaseException) -> bool:
+    """Disk full, file too large, out of memory: printed as one line by :func:`main`."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, ResourceExhausted):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return storage_full(exc) is not None
+
+
+class QuietResourceErrors(logging.Filter):
+    """Drops the tracebacks a library logs on its way out for an error :func:`main` then prints as
+    one line (disk full, file too large, out of memory): Beam logs every exception a step raises,
+    with its traceback, before the pipeline re-raises it to us."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None and isinstance(record.msg, BaseException):
+            exc = record.msg
+        return exc is None or not _resource_error(exc)
+
+
 def setup_logging(verbose: bool) -> None:
-    """WARNING (INFO with ``--verbose``) on stderr; without ``--verbose`` also :class:`QuietThirdParty`."""
+    """WARNING (INFO with ``--verbose``) on stderr; without ``--verbose`` also :class:`QuietThirdParty`
+    and :class:`QuietResourceErrors`."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     for f in [f for f in root.filters if isinstance(f, QuietThirdParty)]:
         root.removeFilter(f)
+    for handler in root.handlers:
+        for f in [f for f in handler.filters if isinstance(f, QuietResourceErrors)]:
+            handler.removeFilter(f)
     if not verbose:
         # on the logger, not its handlers: Beam calls logging.warning(), which logs on the root
         # logger itself, and records propagated from named loggers never pass through this filter
         root.addFilter(QuietThirdParty())
+        # on the handlers: Beam's step errors come from its own named loggers
+        for handler in root.handlers:
+            handler.addFilter(QuietResourceErrors())
+        # and the same error again from a writer garbage-collected later (pyarrow's ParquetWriter
+        # closes itself in __del__): "Exception ignored in ..." with a traceback, for nothing new
+        previous = sys.unraisablehook
+        if not getattr(previous, "quiet_resource_errors", False):
+            def unraisable(info, previous=previous):
+                if info.exc_value is None or not _resource_error(info.exc_value):
+                    previous(info)
+
+            unraisable.quiet_resource_errors = True
+            sys.unraisablehook = unraisable
 
 
 def _parse_doc(fn: Callable) -> tuple[str, dict[str, str]]:
@@ -178,8 +217,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = fn(**kwargs)
     except UserError as e:
-        print(f"toolformer {name}: error: {e}", file=sys.stderr)
+        message = str(e)
+        if isinstance(e, ResourceExhausted):  # raised inside a Beam step: drop its step annotation
+            message = re.sub(r" \[while running '[^']*'\]", "", message)
+        print(f"toolformer {name}: error: {message}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:
+        # a write that failed for lack of room where no write site named it: still one line
+        found = storage_full(e)
+        if found is None:
+            raise
+        reason, file = found
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = re.sub(r" \[while running '[^']*'\]", "", first)
+        print(f"toolformer {name}: error: {reason}" + (f" writing {file}" if file else "") + f" ({first}); "
+              "free space or raise the limit, then run the command again (augment, finetune: with --resume)",
+              file=sys.stderr)
+        return ResourceExhausted.exit_code
     except KeyboardInterrupt:
         print(f"toolformer {name}: interrupted", file=sys.stderr)
         return 130
