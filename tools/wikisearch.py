@@ -21,6 +21,7 @@ configurable and records can be filtered by ``FIELD=VALUE``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import glob
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from toolformer.errors import raise_if_storage_full
 from tools.base import CallContext, Tool, ToolError, register_tool
 
 log = logging.getLogger(__name__)
@@ -165,11 +167,27 @@ def read_passages(
 # ---------------------------------------------------------------- the index
 
 
+@contextlib.contextmanager
+def _writing(path: Path):
+    """A write of ``path`` that fails for lack of room (disk full, file too large) raises
+    :class:`~toolformer.errors.StorageFull` naming it, not numpy's or the OS's bare message."""
+    try:
+        yield
+    except Exception as e:
+        raise_if_storage_full(e, path, "free space (or raise the file-size limit), then build the index again")
+        raise
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    with _writing(path):
+        np.save(path, array)
+
+
 def _save_strings(out: Path, name: str, strings: list[bytes]) -> None:
     offsets = np.zeros(len(strings) + 1, dtype=np.int64)
     np.cumsum([len(s) for s in strings], out=offsets[1:])
-    np.save(out / f"{name}.offsets.npy", offsets)
-    with open(out / f"{name}.bin", "wb") as f:
+    _save(out / f"{name}.offsets.npy", offsets)
+    with _writing(out / f"{name}.bin"), open(out / f"{name}.bin", "wb") as f:
         f.writelines(strings)
 
 
@@ -270,7 +288,8 @@ class IndexBuilder:
         self._ids.append(passage.id.encode("utf-8"))
         self._titles.append(passage.title.encode("utf-8"))
         data = passage.text.encode("utf-8")
-        self._texts.write(data)
+        with _writing(self.out / "texts.bin.tmp"):
+            self._texts.write(data)
         self._text_lens.append(len(data))
         if len(self._pending) >= self.chunk_size:
             self._flush()
@@ -301,7 +320,8 @@ class IndexBuilder:
 
     def finish(self, k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25, source: str = "") -> Path:
         self._flush()
-        self._texts.close()
+        with _writing(self.out / "texts.bin.tmp"):
+            self._texts.close()
         n_docs, n_terms = len(self._doc_len), len(self.vocab)
         if n_docs == 0:
             (self.out / "texts.bin.tmp").unlink()
@@ -323,18 +343,19 @@ class IndexBuilder:
             tfs[pos] = chunk_tf
             cursor += counts
         out = self.out
-        np.save(out / "postings.indptr.npy", indptr)
-        np.save(out / "postings.docs.npy", docs)
-        np.save(out / "postings.tf.npy", tfs)
-        np.save(out / "doc_len.npy", np.asarray(self._doc_len, dtype=np.int32))
+        _save(out / "postings.indptr.npy", indptr)
+        _save(out / "postings.docs.npy", docs)
+        _save(out / "postings.tf.npy", tfs)
+        _save(out / "doc_len.npy", np.asarray(self._doc_len, dtype=np.int32))
         text_offsets = np.zeros(n_docs + 1, dtype=np.int64)
         np.cumsum(self._text_lens, out=text_offsets[1:])
-        np.save(out / "texts.offsets.npy", text_offsets)
+        _save(out / "texts.offsets.npy", text_offsets)
         (out / "texts.bin.tmp").replace(out / "texts.bin")
         _save_strings(out, "ids", self._ids)
         _save_strings(out, "titles", self._titles)
         terms_sorted = sorted(self.vocab, key=self.vocab.__getitem__)
-        (out / "vocab.json").write_text(json.dumps(terms_sorted, ensure_ascii=False), encoding="utf-8")
+        with _writing(out / "vocab.json"):
+            (out / "vocab.json").write_text(json.dumps(terms_sorted, ensure_ascii=False), encoding="utf-8")
         meta = {
             "format": "toolformer-bm25",
             "version": FORMAT_VERSION,
@@ -346,8 +367,11 @@ class IndexBuilder:
             "epsilon": epsilon,
             "source": source,
         }
-        # Written last: a directory without meta.json is an unfinished build.
-        (out / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        # Written last, whole or not at all (through a .tmp renamed into place): a directory
+        # without meta.json is an unfinished build.
+        with _writing(out / "meta.json.tmp"):
+            (out / "meta.json.tmp").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        (out / "meta.json.tmp").replace(out / "meta.json")
         return out
 
 
