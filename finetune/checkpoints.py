@@ -41,7 +41,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from toolformer.errors import UserError
+from toolformer.errors import UserError, storage_full
 
 log = logging.getLogger(__name__)
 
@@ -287,21 +287,32 @@ class SafeTrainer(Trainer):
         self._staging_dir = str(staging)
         try:
             super()._save_checkpoint(model, trial)
-        except OSError as e:
+            self._staging_dir = None
+            # The Trainer records the best checkpoint at the path it just wrote to: point it at the
+            # final path, and rewrite the state file so a resumed run finds it.
+            if self.state.best_global_step == step:
+                self.state.best_model_checkpoint = str(run_dir / name)
+            else:
+                self.state.best_model_checkpoint = best_before
+            self.state.save_to_json(str(staging / name / "trainer_state.json"))
+            write_manifest(staging / name, step)
+        except Exception as e:
+            # Disk full or a file-size limit: torch.save and safetensors report it as RuntimeError
+            # or SafetensorError, not OSError; look at the error and at the staged files.
+            full = storage_full(e, staging)
+            if full is None and not isinstance(e, OSError):
+                raise
+            what = (isinstance(e, OSError) and e.strerror) or (full[0] if full else str(e))
+            where = f" (writing {full[1]})" if full else ""
             shutil.rmtree(staging, ignore_errors=True)
+            self.state.best_model_checkpoint = best_before
             raise CheckpointWriteError(
-                f"could not write {name} in {run_dir}: {e.strerror or e}; the last complete checkpoint "
-                f"({latest_complete_checkpoint(run_dir) or 'none'}) is intact") from e
+                f"could not write {name} in {run_dir}{where}: {what}; the last complete checkpoint "
+                f"({latest_complete_checkpoint(run_dir) or 'none'}) is intact"
+                + ("; free space (or raise the file-size limit), then rerun with --resume" if full else "")
+            ) from e
         finally:
             self._staging_dir = None
-        # The Trainer records the best checkpoint at the path it just wrote to: point it at the
-        # final path, and rewrite the state file so a resumed run finds it.
-        if self.state.best_global_step == step:
-            self.state.best_model_checkpoint = str(run_dir / name)
-        else:
-            self.state.best_model_checkpoint = best_before
-        self.state.save_to_json(str(staging / name / "trainer_state.json"))
-        write_manifest(staging / name, step)
         final = run_dir / name
         if final.exists():  # an earlier incomplete attempt at the same step
             shutil.rmtree(final)

@@ -40,7 +40,7 @@ from finetune.data import count_calls, mix_original, read_texts, split_train_dev
 from finetune.features import EncodeStats, encode_texts
 from finetune.markers import MARKER_FORMAT, add_marker_tokens, save_call_format, to_marker_format
 from toolformer.call_format import DEFAULT_FORMAT
-from toolformer.errors import UserError
+from toolformer.errors import StorageFull, UserError, storage_full
 from toolformer.models import DEFAULT_MODEL, load_model
 
 log = logging.getLogger(__name__)
@@ -276,14 +276,28 @@ def save_final(trainer: SafeTrainer, cfg: FinetuneConfig, result: dict) -> Path:
     staging = out / ".final-staging"
     if staging.exists():
         shutil.rmtree(staging)
-    model.save_pretrained(staging)
-    trainer.processing_class.save_pretrained(staging)
-    if trainer.call_format is not DEFAULT_FORMAT:
-        save_call_format(staging, trainer.call_format)
-    for f in staging.iterdir():
-        os.replace(f, out / f.name)
-    staging.rmdir()
-    (out / RESULT_FILE).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    writing, tmp = staging, out / (RESULT_FILE + ".tmp")
+    try:
+        model.save_pretrained(staging)
+        trainer.processing_class.save_pretrained(staging)
+        if trainer.call_format is not DEFAULT_FORMAT:
+            save_call_format(staging, trainer.call_format)
+        for f in staging.iterdir():
+            os.replace(f, out / f.name)
+        staging.rmdir()
+        writing = tmp  # whole or not at all: its presence says the directory is complete
+        tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        os.replace(tmp, out / RESULT_FILE)
+    except Exception as e:
+        full = storage_full(e, writing)
+        if full is None:
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        tmp.unlink(missing_ok=True)
+        raise StorageFull(
+            f"cannot write the fine-tuned model: {full[0]} writing {full[1]}; the checkpoints are intact: "
+            "free space (or raise the file-size limit), then rerun with --resume"
+        ) from e
     return out
 
 
