@@ -11,6 +11,7 @@ formed by a token budget, not an element count. Used by ``pipelines/augment.py``
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
 from toolformer.call_format import render_call
+from toolformer.errors import OutOfMemory, free_memory, is_out_of_memory
 from toolformer.filtering import CachedPrefix, FilterJob, batches_by_tokens, filter_losses
 from toolformer.insertion import char_position
 from toolformer.models import ModelError, load_model
@@ -37,6 +39,7 @@ from toolformer.sampling import (
 )
 
 PROGRESS_EVERY_S = 15.0
+log = logging.getLogger(__name__)
 progress_log = logging.getLogger("toolformer.progress")  # `toolformer augment` shows it at INFO
 PROGRESS_NAMESPACE = "toolformer_progress"  # not stats.json's "toolformer": never in a run's counts
 LOSS_DECIMALS = 6  # losses are stored rounded, and kept/refilter decide on the stored values
@@ -107,6 +110,62 @@ class AugmentModel:
             if s.get("filter_context") == "prompt":
                 ids = [self.start_id, *tok(s["filter_examples"].rstrip(" "), add_special_tokens=False)["input_ids"]]
                 self.filter_prefixes[name] = (CachedPrefix(self.model, ids[:-1]), ids[-1])
+        # The shape of the last forward pass (rows, tokens): after an out-of-memory error it says
+        # whether the batch that failed could be smaller (see infer). Every pass, scoring, sampling
+        # and the filter's, runs the decoder.
+        # (per thread: a multi-threaded worker shares one model between its threads)
+        self._forward = threading.local()
+        self.model.get_decoder().register_forward_pre_hook(self._note_forward, with_kwargs=True)
+
+    def _note_forward(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if ids is not None:
+            self._forward.shape = (int(ids.shape[0]), int(ids.shape[0] * ids.shape[1]))
+
+    def infer(self, task: str, units: list[dict]) -> tuple[list[dict], list[str]]:
+        """:meth:`sample` (task "sample") or :meth:`losses` ("filter") of ``units``, and a line per
+        out-of-memory retry.
+
+        On an out-of-memory error the token budget of every batched pass (``max_batch_tokens``:
+        scoring and filter batches, the sampling cache as 16x it) is halved and the whole call is
+        redone; the budget stays halved for this worker's later batches. Records do not depend on
+        the batching (every unit's samples draw from their own seeds; the filter's losses are
+        batch-invariant with ``filter_context=prefix`` and move by float noise, ~1e-6, with
+        ``prompt``), so a retried batch gives what it would have given at the smaller budget from
+        the start. A pass of a single row that runs out of memory cannot be made smaller: that
+        stops the run with :class:`~toolformer.errors.OutOfMemory` (one line; ``--resume`` then
+        redoes only the units not journaled).
+
+        Not accelerate's ``find_executable_batch_size``: it cuts a batch by 10% per failure and
+        runs ``gc.collect()`` (plus the device cache) before every call, not only after a failure
+        (here: every batch of a run), and it cannot tell a one-row pass (nothing left to halve)
+        from a large one; its out-of-memory test (``should_reduce_batch_size``) is used.
+        """
+        retries: list[str] = []
+        while True:
+            try:
+                out = self.sample(units) if task == "sample" else self.losses(units)
+                return out, retries
+            except RuntimeError as e:
+                if not is_out_of_memory(e):
+                    raise
+                rows, tokens = getattr(self._forward, "shape", (0, 0))
+                first = (str(e).strip().splitlines() or ["out of memory"])[0][:200]
+            # (outside the except block: its traceback holds the failed pass's tensors)
+            free_memory()
+            if rows <= 1 or self.max_batch_tokens <= 1:
+                raise OutOfMemory(
+                    f"augment {task}: out of memory on a single row of {tokens} tokens (max_batch_tokens "
+                    f"{self.max_batch_tokens}, after {len(retries)} halvings), {first}; lower context_window "
+                    "or the tool's window, or use a device with more memory, then rerun with --resume"
+                )
+            before, self.max_batch_tokens = self.max_batch_tokens, max(1, self.max_batch_tokens // 2)
+            retries.append(
+                f"augment {task}: out of memory on a pass of {rows} rows ({tokens} tokens); "
+                f"max_batch_tokens {before} -> {self.max_batch_tokens}, retrying {len(units)} units"
+            )
 
     def word_starts(self, ids: Sequence[int]) -> torch.Tensor:
         """Positions i where a call may go with ``positions=word``: x_i begins with a space, or
@@ -400,7 +459,10 @@ class AugmentModelHandler(ModelHandler):
         # no_grad here, not torch.set_grad_enabled(False) at load: that flag is global to the thread,
         # and the in-process runner shares its thread with whatever runs next (e.g. fine-tuning).
         with torch.no_grad():
-            out = model.sample(list(batch)) if self.task == "sample" else model.losses(list(batch))
+            out, retries = model.infer(self.task, list(batch))
+        for line in retries:  # out-of-memory retries with a halved batch budget (AugmentModel.infer)
+            log.warning("%s", line)
+            Metrics.counter("toolformer", f"oom_retries:{self.task}").inc()
         self._progress(batch)
         return list(zip(batch, out))
 

@@ -67,7 +67,7 @@ from toolformer.call_format import (
     strip_calls,
 )
 from toolformer.cache_api import cache_keyword, output_cache  # noqa: F401  (re-exported)
-from toolformer.errors import UserError
+from toolformer.errors import OutOfMemory, UserError, free_memory, is_out_of_memory
 from tools.base import CallContext, Tool
 from tools.executor import ToolExecutor, ToolOutcome
 
@@ -229,6 +229,7 @@ class ToolGenerator:
         self.device = next(model.parameters()).device
         self._cache_kw = cache_keyword(model)
         self.tool_seconds = 0.0  # time spent in tools by the last generate()/stream()
+        self.oom_retries = 0  # batches the last generate() decoded again, halved, after running out of memory
         self.last_output: GenerationOutput | None = None  # the last stream()'s full output
 
     # ---- public API -------------------------------------------------------------------------
@@ -256,18 +257,43 @@ class ToolGenerator:
 
             bar = tqdm(total=len(prompts), desc="generate", unit="prompt")
         gen = self._sampler()
-        for start in range(0, len(order), max(1, batch_size)):
-            idx = order[start:start + max(1, batch_size)]
+        self.oom_retries = 0
+        start, size = 0, max(1, batch_size)
+        while start < len(order):
+            idx = order[start:start + size]
             rows = self._start_rows([(i, prompts[i], ctxs[i]) for i in idx])
-            for _ in self._decode(rows, gen):
-                pass
-            for row in rows:
-                outputs[row.index] = self._output(row)
-            if bar is not None:
-                bar.update(len(idx))
+            try:
+                for _ in self._decode(rows, gen):
+                    pass
+            except RuntimeError as e:
+                if not is_out_of_memory(e):
+                    raise
+                first = (str(e).strip().splitlines() or ["out of memory"])[0][:200]
+            else:
+                for row in rows:
+                    outputs[row.index] = self._output(row)
+                if bar is not None:
+                    bar.update(len(idx))
+                start += len(idx)
+                continue
+            # Out of memory: the batch is decoded again in halves, and later batches are no larger
+            # (greedy outputs do not depend on the batch; the batch's tool calls run again).
+            free_memory()  # (outside the except block: its traceback holds the batch's tensors)
+            if len(idx) == 1:
+                raise self._out_of_memory(rows[0], first)
+            size = len(idx) // 2
+            self.oom_retries += 1
+            log.warning("generate: out of memory with a batch of %d prompts (%s); retrying in batches of %d",
+                        len(idx), first, size)
         if bar is not None:
             bar.close()
         return outputs  # type: ignore[return-value]
+
+    def _out_of_memory(self, row: _Row, first: str) -> OutOfMemory:
+        n = row.n_prompt or len(self.tokenizer(row.prompt).input_ids)
+        return OutOfMemory(f"generate: out of memory decoding prompt {row.index} alone ({n} prompt tokens, up to "
+                           f"{self.config.max_new_tokens} new), {first}; shorten the prompt, lower "
+                           "--max-new-tokens or use a device with more memory")
 
     def stream(self, prompt: str, context: CallContext | None = None) -> Iterator[str]:
         """Yield the completion of ``prompt`` piece by piece as it is decoded.
@@ -280,7 +306,7 @@ class ToolGenerator:
         self._check([prompt])
         (row,) = rows = self._start_rows([(0, prompt, self._contexts(context, 1)[0])])
         shown = ""
-        for _ in self._decode(rows, self._sampler()):
+        for _ in self._decode_one(rows, self._sampler()):
             settled = row.out if row.call_start is None else row.out[:row.call_start]
             text = self._text(settled)
             if self.config.stop_at_newline:
@@ -294,6 +320,19 @@ class ToolGenerator:
         text = self.last_output.text
         if text.startswith(shown) and len(text) > len(shown):
             yield text[len(shown):]
+
+    def _decode_one(self, rows: list[_Row], gen: torch.Generator | None) -> Iterator[None]:
+        """:meth:`_decode` of one row: out of memory there is :class:`OutOfMemory` (one line)."""
+        try:
+            yield from self._decode(rows, gen)
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
+            first = (str(e).strip().splitlines() or ["out of memory"])[0][:200]
+        else:
+            return
+        free_memory()
+        raise self._out_of_memory(rows[0], first)
 
     # ---- the decode loop --------------------------------------------------------------------
 
