@@ -37,7 +37,8 @@ def run(argv: list[str] | None = None, save_main_session: bool = True):
         context_window=a["context_window"],
     )
     result, stats = run_augment(
-        settings, a["input"] or [], a["output"] or "", a["resume"], pipeline_args, save_main_session
+        settings, a["input"] or [], a["output"] or "", a["resume"], pipeline_args, save_main_session,
+        dask_workers=a["dask_workers"],
     )
     import json
 

@@ -23,7 +23,10 @@ it honours ``--direct_num_workers=N --direct_running_mode=multi_threading|multi_
 ``--runner=FlinkRunner --flink_master=host:8081 --environment_type=LOOPBACK``,
 ``--runner=SparkRunner --spark_master_url=...`` or ``--runner=DataflowRunner --project=P
 --region=R --temp_location=gs://B/tmp --sdk_container_image=IMAGE`` (an image with this package
-installed). The model reaches the workers by name: every worker calls ``load_model(--model)``, so
+installed). ``--runner dask --dask-workers N`` runs on a local Dask cluster started for the run,
+``--runner dask --dask_client_address HOST:PORT`` on a running one (pipelines/dask_runner.py: a
+Beam DaskRunner that runs this pipeline, and the upstream runner's gaps it works around).
+The model reaches the workers by name: every worker calls ``load_model(--model)``, so
 ``--model`` must be a path or fetched name that exists on the workers (bake the fetched cache
 into the worker image, or point --model at a shared file system); ``--override large_model=true``
 loads one copy per machine shared by its worker processes.
@@ -50,7 +53,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import rundir
+from pipelines import dask_runner, rundir
 from pipelines.documents import DOC, InputLimits, input_limits, read_records
 from pipelines.model_handler import AugmentModelHandler
 from pipelines.settings import RunSettings, build_settings
@@ -509,7 +512,7 @@ def check_failure_ratio(flat: dict[str, float], tools: list[str], settings: RunS
 
 
 def pipeline_options(extra_args: list[str] | None, save_main_session: bool = False) -> PipelineOptions:
-    args = list(extra_args or [])
+    args = dask_runner.runner_args(list(extra_args or []))  # --runner dask: pipelines/dask_runner.py
     if not any(a == "--runner" or a.startswith("--runner=") for a in args):
         args.append("--runner=FnApiRunner")  # the DirectRunner would first try to download Prism
     options = PipelineOptions(args)
@@ -545,12 +548,15 @@ def run_augment(
     resume: bool = False,
     extra_args: list[str] | None = None,
     save_main_session: bool = False,
+    dask_workers: int | None = None,
 ):
-    """Run every part still to do, then write stats.json and _SUCCESS. Returns (result, stats)."""
+    """Run every part still to do, then write stats.json and _SUCCESS. Returns (result, stats).
+    ``dask_workers``: with ``--runner dask``, the processes of the local cluster started for the run."""
     if not inputs:
         raise UserError("--input is required (one or more globs, files or saved dataset directories)")
     if not output:
         raise UserError("--output is required (the run directory)")
+    dask_runner.check_flags(extra_args or [], dask_workers)
     from apache_beam.io.filesystems import FileSystems
 
     out = output_dir(output)
@@ -559,7 +565,9 @@ def run_augment(
     split = split_inputs(inputs)
     tools = tool_setup(settings)
     # One writer per run directory: a second augment on it is refused; a crashed one's lock is taken over.
-    with rundir.lock(out, "augment"):
+    with rundir.lock(out, "augment"), dask_runner.cluster(  # a local Dask cluster for all parts, where asked
+        extra_args or [], dask_workers, needed=not rundir.exists(rundir.join(out, rundir.SUCCESS))
+    ) as extra_args:
         return _run_parts(settings, split, out, tools, resume, extra_args, save_main_session)
 
 
@@ -616,6 +624,7 @@ def augment(
     context_window: int | None = None,
     config: str | None = None,
     override: list[str] | None = None,
+    dask_workers: int | None = None,
     extra_args: list[str] | None = None,
 ) -> int:
     """Add useful API calls to documents (sample, execute, filter, merge) on Apache Beam.
@@ -637,6 +646,8 @@ def augment(
         context_window: cut the filter's left context to this many tokens (speed; not the paper).
         config: JSON file of settings ({"tools": {"calculator": {"tau_s": 0}}, "seed": 1, ...}).
         override: settings as name=value or tool.name=value (e.g. calculator.k=5 max_failure_ratio=0.8).
+        dask_workers: with --runner dask, start a local Dask cluster of this many worker processes
+            for the run (without it, --dask_client_address HOST:PORT joins a running cluster).
     """
     settings = build_settings(
         config,
@@ -650,11 +661,12 @@ def augment(
         parts=parts,
         context_window=context_window,
     )
-    bad = [a for a in (extra_args or []) if not a.startswith("-")]
+    extra_args = dask_runner.join_flag_values(extra_args or [])  # `--runner dask` as `--runner=dask`
+    bad = [a for a in extra_args if not a.startswith("-")]
     if bad:
         raise UserError(f"unexpected argument {bad[0]!r} (flags take the form --name=value)")
     logging.getLogger("toolformer.progress").setLevel(logging.INFO)  # units done, every 15 s
-    _, stats = run_augment(settings, input or [], output or "", resume, extra_args)
+    _, stats = run_augment(settings, input or [], output or "", resume, extra_args, dask_workers=dask_workers)
     print(json.dumps(stats, indent=2))
     return 0
 
