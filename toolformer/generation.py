@@ -240,6 +240,11 @@ class ToolGenerator:
 
         Prompts are decoded in batches of ``batch_size``, grouped by length; outputs come back in
         the order of ``prompts`` and do not depend on the batching (greedy decoding).
+
+        A batch that runs out of memory is decoded again in halves, and the later batches are no
+        larger (:attr:`oom_retries` counts the halvings, each logged as a warning; the batch's tool
+        calls run again; sampled outputs, which depend on the batch, then differ). A prompt that runs
+        out of memory alone raises :class:`~toolformer.errors.OutOfMemory` (one line in the CLI).
         """
         prompts = list(prompts)
         ctxs = self._contexts(contexts, len(prompts))

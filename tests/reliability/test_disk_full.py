@@ -227,7 +227,11 @@ def ft_reference(tmp_path_factory, ft_data, tiny_model_dir) -> dict[str, torch.T
     return load_file(str(out / "model.safetensors"))
 
 
-@pytest.mark.parametrize("when,complete", [("save=20", ["checkpoint-10"]), ("final", ["checkpoint-10", "checkpoint-20"])])
+@pytest.mark.parametrize(
+    "when,complete",
+    [("save=20", ["checkpoint-10"]), ("final", ["checkpoint-10", "checkpoint-20"])],
+    ids=["checkpoint", "final"],
+)
 def test_finetune_disk_full_keeps_complete_checkpoints_then_resume_equals_uninterrupted(
     when, complete, tmp_path, ft_data, tiny_model_dir, ft_reference
 ):
