@@ -99,6 +99,7 @@ class AugmentModel:
         self.settings = tool_settings
         self.takes_input = takes_input
         self.max_batch_tokens = max_batch_tokens
+        self.first_batch_tokens, self.oom_halvings = max_batch_tokens, 0  # (see infer)
         self.context_window = context_window
         self.lazy_filter = lazy_filter
         self.prompts = {name: PromptCache(self.model, tok, t) for name, t in templates.items()}
@@ -158,10 +159,12 @@ class AugmentModel:
             if rows <= 1 or self.max_batch_tokens <= 1:
                 raise OutOfMemory(
                     f"augment {task}: out of memory on a single row of {tokens} tokens (max_batch_tokens "
-                    f"{self.max_batch_tokens}, after {len(retries)} halvings), {first}; lower context_window "
+                    f"{self.max_batch_tokens}, halved {self.oom_halvings} times from {self.first_batch_tokens}), "
+                    f"{first}; lower context_window "
                     "or the tool's window, or use a device with more memory, then rerun with --resume"
                 )
             before, self.max_batch_tokens = self.max_batch_tokens, max(1, self.max_batch_tokens // 2)
+            self.oom_halvings += 1
             retries.append(
                 f"augment {task}: out of memory on a pass of {rows} rows ({tokens} tokens); "
                 f"max_batch_tokens {before} -> {self.max_batch_tokens}, retrying {len(units)} units"

