@@ -72,6 +72,26 @@ class IsolatedFunction:
         self._buffer = b""
         return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0)
 
+    def _started(self) -> subprocess.Popen:
+        """A new worker that has said it is ready (imports done, limits set), within ``STARTUP_S``."""
+        proc = self._start()
+        try:
+            line = self._read_line(proc, time.monotonic() + STARTUP_S)
+        except EOFError:
+            line = b""
+        if line != READY:
+            if line is None:
+                why = f"did not start within {STARTUP_S:g} s"
+            else:  # its output closed: it is exiting (an import error, a crash)
+                try:
+                    why = f"exited at start (status {proc.wait(timeout=5)})"
+                except subprocess.TimeoutExpired:
+                    why = "closed its output at start"
+            self._proc = proc
+            self.close()
+            raise ToolError("internal", f"worker for {self.target} {why}")
+        return proc
+
     def close(self) -> None:
         """Kill the worker (it is restarted on the next call)."""
         proc, self._proc = self._proc, None
@@ -113,8 +133,10 @@ class IsolatedFunction:
                 if self._proc is not None:
                     self.close()
                     self.restarts += 1
-                self._proc = self._start()
+                self._proc = self._started()
             proc = self._proc
+            # The call's own time only: the worker has started (its interpreter and imports took
+            # seconds on a loaded 2-core machine, and counting them timed out "48 / 2" in a row).
             deadline = time.monotonic() + self.timeout_s
             try:
                 proc.stdin.write(json.dumps(arg).encode() + b"\n")
@@ -130,6 +152,10 @@ class IsolatedFunction:
         if "result" in reply:
             return reply["result"]
         raise ToolError(reply["reason"], reply["message"])
+
+
+STARTUP_S = 60  # a worker's interpreter start and imports; not part of any call's time limit
+READY = b'{"ready": true}'
 
 
 def _resolve(target: str) -> Callable[[str], str]:
@@ -148,6 +174,8 @@ def _serve(target: str, memory_mb: int, cpu_s: int) -> None:
     )
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdout.write(READY + b"\n")  # the parent's per-call deadline starts after this
+    stdout.flush()
     for line in stdin:
         try:
             reply = {"result": str(fn(json.loads(line)))}
