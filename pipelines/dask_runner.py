@@ -53,6 +53,8 @@ module does instead (each could go upstream as it is written here):
 8. The Dask client is never closed. Here it is closed when the run ends.
 9. Workers do not get the pipeline options for Beam's file systems (``FileSystems.set_options``;
    s3 credentials, say). Here each worker process sets them once per run.
+10. (Not Beam's, Dask's: a worker configures logging for ``distributed`` only.) The progress lines
+   (``toolformer.progress``) reach each worker's stderr at the launcher's level.
 
 Still not supported, refused when the pipeline is translated (none is used by ``augment``):
 windowing other than the global window (values travel without timestamps or windows), stateful
@@ -230,6 +232,7 @@ def _run_pipeline(self, pipeline, options):
         if not npartitions:
             npartitions = 2 * max(1, sum(client.nthreads().values()))
         pipeline.replace_all(_overrides())
+        client.run(_worker_logging, _LOGGERS, logging.getLogger(_LOGGERS[0]).getEffectiveLevel())
         run_id = uuid.uuid4().hex
         translator = _Translator(run_id, npartitions, partition_size, options)
         pipeline.visit(translator)
@@ -418,6 +421,22 @@ def _select(part, tag):
 
 def _metrics_only(part):
     return [x for x in part if isinstance(x, _BundleMetrics)]
+
+
+_LOGGERS = ("toolformer.progress",)  # the launcher's level for these reaches the workers' logs
+
+
+def _worker_logging(names: tuple[str, ...], level: int) -> None:
+    """On a worker: these loggers at the launcher's level, printed to the worker's stderr (a Dask
+    worker configures logging for ``distributed`` only; the rest goes nowhere below WARNING)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+            logger.propagate = False
 
 
 _lock = threading.Lock()
