@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from toolformer.cli import build_parser
+from commands.cli import build_parser
 from toolformer.errors import UserError
 
 

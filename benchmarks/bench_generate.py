@@ -23,6 +23,7 @@ import torch
 from toolformer.generation import GenerationConfig, ToolGenerator
 from toolformer.models import DEFAULT_MODEL, load_model
 from tools.base import get_tool
+from tools.executor import ToolExecutor
 
 FEW_SHOT = ("Out of 1400 participants, 400 (or [Calculator(400 / 1400) -> 0.29] 29%) passed the test.\n"
             "He bought 3 boxes of 12 eggs, [Calculator(3 * 12) -> 36] 36 eggs in all.\n"
@@ -74,7 +75,7 @@ def main() -> None:
     hf_generate(model, tok, prompts[0], 2, api)  # warm-up
 
     # 1. our loop without calls vs model.generate
-    off = ToolGenerator(model, tok, {}, GenerationConfig(max_new_tokens=args.new_tokens, use_tools=False))
+    off = ToolGenerator(model, tok, ToolExecutor({}), GenerationConfig(max_new_tokens=args.new_tokens, use_tools=False))
     ours_t = ours_n = hf_t = 0.0
     for p in prompts:  # interleaved, so load changes hit both sides alike
         out, t = timed(lambda p=p: off.generate([p])[0], device)
@@ -85,7 +86,7 @@ def main() -> None:
           f"model.generate {ours_n / hf_t:7.1f} tok/s   ratio {hf_t / ours_t:.2f}x")
 
     # 2 and 3. with calls, one row at a time
-    on = ToolGenerator(model, tok, {"Calculator": calc}, GenerationConfig(max_new_tokens=args.new_tokens))
+    on = ToolGenerator(model, tok, ToolExecutor({"Calculator": calc}), GenerationConfig(max_new_tokens=args.new_tokens))
     ours_t = ours_n = hf_t = naive_t = 0.0
     calls, injected = [], 0
     for p in prompts:

@@ -165,7 +165,7 @@ def run_setting(name: str, problems: list[dict], extra: list[str], workdir: str,
             for p in problems:
                 f.write(json.dumps({"doc_id": p["doc_id"], "text": p["text"]}) + "\n")
     out = os.path.join(workdir, name)
-    cmd = [sys.executable, "-m", "toolformer.cli", "augment", "--input", data, "--output", out,
+    cmd = [sys.executable, "-m", "commands.cli", "augment", "--input", data, "--output", out,
            "--tools", "calculator", "--override", *SETTINGS[name], *extra, f"threads={threads}"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)

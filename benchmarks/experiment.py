@@ -56,7 +56,7 @@ def sh(args: list[str], log: Path, env: dict | None = None) -> float:
     with open(log, "a", encoding="utf-8") as f:
         f.write("$ " + " ".join(args) + "\n")
         f.flush()
-        proc = subprocess.run([PY, "-m", "toolformer.cli", *args], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+        proc = subprocess.run([PY, "-m", "commands.cli", *args], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
                               env=env)
     if proc.returncode != 0:
         sys.exit(f"experiment: step failed ({' '.join(args[:1])}, exit {proc.returncode}); see {log}")

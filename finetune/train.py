@@ -16,7 +16,7 @@ data counts, final metrics; written last). Checkpoints live in ``OUTPUT/checkpoi
 crash-safe (finetune/checkpoints.py); ``--resume`` continues from the newest complete one with the
 same data order and ends at the same weights as an uninterrupted run.
 
-Several GPUs: ``accelerate launch -m toolformer.cli finetune --data ... --output ...`` (the
+Several GPUs: ``accelerate launch -m commands.cli finetune --data ... --output ...`` (the
 effective batch is split over the processes).
 """
 
@@ -303,7 +303,7 @@ def save_final(trainer: SafeTrainer, cfg: FinetuneConfig, result: dict) -> Path:
 
 def run_finetune(cfg: FinetuneConfig, callbacks=()) -> dict:
     """Train as configured and save; returns what finetune.json holds."""
-    from pipelines.rundir import lock  # one writer per output directory; a crashed run's lock is taken over
+    from toolformer.locking import lock  # one writer per output directory; a crashed run's lock is taken over
 
     with lock(cfg.output, "finetune"):
         return _run_finetune(cfg, callbacks)

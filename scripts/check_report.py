@@ -167,7 +167,7 @@ def check_report(path: Path, shot: Path | None = None) -> tuple[list[str], list[
     path = Path(path)
     notes = []
     if not (path / "index.html").exists() and (path / "stats.json").exists():
-        from toolformer.report import write_report
+        from commands.report import write_report
 
         out = Path(tempfile.mkdtemp(prefix="report-"))
         write_report(path, out)

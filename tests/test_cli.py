@@ -4,7 +4,7 @@ from typing import Literal
 
 import pytest
 
-from toolformer.cli import COMMANDS, _resolve, build_parser, main
+from commands.cli import COMMANDS, _resolve, build_parser, main
 
 
 def sample(prompts: list[str], steps: int | None = None, mode: Literal["a", "b"] = "a", fast: bool = False,
@@ -41,7 +41,7 @@ def test_every_registered_command_resolves_and_has_help():
 
 
 def test_user_errors_are_one_line_without_traceback():
-    proc = subprocess.run([sys.executable, "-m", "toolformer.cli", "fetch-model", "--model", "nope"],
+    proc = subprocess.run([sys.executable, "-m", "commands.cli", "fetch-model", "--model", "nope"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "toolformer fetch-model: error: unknown model name 'nope'; known: smollm2-135m, gemma3-270m"

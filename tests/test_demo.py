@@ -2,7 +2,7 @@
 
 import json
 
-from toolformer.demo import demo
+from commands.demo import demo
 
 
 def test_demo_flow_on_the_tiny_model(tmp_path, tiny_model_dir, capsys):

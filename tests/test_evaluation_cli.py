@@ -10,9 +10,9 @@ import json
 import matplotlib.image
 import pytest
 
-from toolformer.cli import main
-from toolformer.evaluation import runner
-from toolformer.evaluation.cli import evaluate
+from commands.cli import main
+from evaluation import runner
+from evaluation.cli import evaluate
 from toolformer.generation import CallRecord, GenerationOutput
 
 MAWPS = [
@@ -185,7 +185,7 @@ def test_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir, mawps_file):
 
 
 def test_perplexity_end_to_end(tmp_path, tiny_model_dir, tiny_model):
-    from toolformer.evaluation.perplexity import perplexity
+    from evaluation.perplexity import perplexity
 
     text = "Out of 1400 participants, 400 passed the test. The quick brown fox jumps over the lazy dog. " * 3
     (tmp_path / "held_out.txt").write_text(text)

@@ -1,4 +1,4 @@
-"""Loaders for the published formats (toolformer/evaluation/datasets.py), on small inline fixtures."""
+"""Loaders for the published formats (evaluation/datasets.py), on small inline fixtures."""
 
 import gzip
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 
 from toolformer.errors import UserError
-from toolformer.evaluation.datasets import detect_format, load_examples, load_text
+from evaluation.datasets import detect_format, load_examples, load_text
 
 SVAMP = [
     {"ID": "chal-1", "Body": "Each pack of dvds costs 76 dollars. If there is a discount of 25 dollars on each pack",

@@ -1,12 +1,12 @@
-"""The DATESET-like generator (toolformer/evaluation/dates.py): holidays, arithmetic, determinism."""
+"""The DATESET-like generator (evaluation/dates.py): holidays, arithmetic, determinism."""
 
 import datetime as dt
 import random
 
 import pytest
 
-from toolformer.evaluation import dates
-from toolformer.evaluation.scoring import score_date
+from evaluation import dates
+from evaluation.scoring import score_date
 
 D = dt.date
 

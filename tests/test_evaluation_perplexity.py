@@ -1,11 +1,11 @@
-"""Sliding-window perplexity (toolformer/evaluation/perplexity.py) on the tiny model."""
+"""Sliding-window perplexity (evaluation/perplexity.py) on the tiny model."""
 
 import math
 
 import pytest
 import torch
 
-from toolformer.evaluation.perplexity import perplexity, window_spans
+from evaluation.perplexity import perplexity, window_spans
 
 TEXT = ("Out of 1400 participants, 400 passed the test. The quick brown fox jumps over the lazy dog. "
         "In 2019 the town had 1,280 people; in 2020 it had 1,350, an increase of 70.")

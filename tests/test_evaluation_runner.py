@@ -1,9 +1,9 @@
-"""Conditions, prompts and scoring dispatch of the runner (toolformer/evaluation/runner.py)."""
+"""Conditions, prompts and scoring dispatch of the runner (evaluation/runner.py)."""
 
 import datetime as dt
 
-from toolformer.evaluation.datasets import Example
-from toolformer.evaluation.runner import conditions_for, model_labels, render_prompt, score
+from evaluation.datasets import Example
+from evaluation.runner import conditions_for, model_labels, render_prompt, score
 
 
 def test_zero_shot_prompts():

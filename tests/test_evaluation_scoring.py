@@ -1,8 +1,8 @@
-"""The paper's scoring rules (toolformer/evaluation/scoring.py): first number, date answers, cloze."""
+"""The paper's scoring rules (evaluation/scoring.py): first number, date answers, cloze."""
 
 import pytest
 
-from toolformer.evaluation.scoring import (
+from evaluation.scoring import (
     extract_date_answer,
     extract_first_number,
     parse_gold_number,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from toolformer.call_format import strip_calls
-from toolformer.cli import QuietThirdParty, main
+from commands.cli import QuietThirdParty, main
 from toolformer.export import DEFAULT_LICENSE, export, split_document, tool_schema, trl_messages
 from toolformer.insertion import insert_calls
 
@@ -301,7 +301,7 @@ SAMPLING_PENDING = "past_key_values=cache" in (ROOT / "toolformer" / "sampling.p
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "toolformer.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "commands.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=600)
 
 

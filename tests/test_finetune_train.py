@@ -292,7 +292,7 @@ def test_output_and_resume_guards(tmp_path, tiny_model_dir, data_file):
     (["--data", "{data}", "--output", "{out}", "--batch-size", "3"], "not a multiple of --batch-size 3"),
 ])
 def test_cli_errors_are_one_line(tmp_path, tiny_model_dir, data_file, capsys, args, message):
-    from toolformer.cli import main
+    from commands.cli import main
 
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "nofield.jsonl").write_text('{"body": "x"}\n')

@@ -26,6 +26,7 @@ from toolformer.generation import (
     _open_call_state,
 )
 from tools.base import CallContext, Tool, ToolError
+from tools.executor import ToolExecutor
 
 # Tiny models are latency-bound: extra threads only contend on a 2-core machine.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,7 +81,7 @@ class Fixed(Tool):
 def make(tiny_model, tools, plans=None, **config):
     model, tok = tiny_model
     proc = Scripted(tok, plans or {})
-    gen = ToolGenerator(model, tok, tools, GenerationConfig(**config), LogitsProcessorList([proc]))
+    gen = ToolGenerator(model, tok, ToolExecutor(tools), GenerationConfig(**config), LogitsProcessorList([proc]))
     return gen, proc
 
 
@@ -317,7 +318,7 @@ def test_top_k_trigger_fires_at_rank_k_not_k_plus_one(tiny_model, rank):
             continue
         model = tiny_model[0]
         tool = Fixed()
-        gen = ToolGenerator(model, tok, {"Calculator": tool},
+        gen = ToolGenerator(model, tok, ToolExecutor({"Calculator": tool}),
                             GenerationConfig(max_new_tokens=30, top_k_trigger=k),
                             LogitsProcessorList([Scripted(tok, {PROMPT: call}), Rank()]))
         out = gen.generate([PROMPT])[0]
@@ -398,7 +399,7 @@ def test_empty_prompt_is_an_error(tiny_model):
 # ---- the command ---------------------------------------------------------------------------
 
 def test_cli_json_and_no_tools(tiny_model_dir, capsys):
-    from toolformer.cli import main
+    from commands.cli import main
 
     prompts = ["Out of 1400 participants", "Today is the first"]
     assert main(["generate", "--model", str(tiny_model_dir), "--device", "cpu", "--json", "--no-tools",
@@ -410,7 +411,7 @@ def test_cli_json_and_no_tools(tiny_model_dir, capsys):
 
 
 def test_cli_streams_one_prompt(tiny_model_dir, tiny_model, capsys):
-    from toolformer.cli import main
+    from commands.cli import main
 
     assert main(["generate", "--model", str(tiny_model_dir), "--device", "cpu", "--no-tools",
                  "--max-new-tokens", "8", "Today is the first"]) == 0
@@ -420,8 +421,8 @@ def test_cli_streams_one_prompt(tiny_model_dir, tiny_model, capsys):
 
 @pytest.mark.parametrize("show", [True, False])
 def test_cli_shows_or_hides_calls(tiny_model_dir, tiny_model, capsys, monkeypatch, show):
-    from toolformer import generation
-    from toolformer.cli import main
+    from commands import generate as generation
+    from commands.cli import main
 
     scripted = Scripted(tiny_model[1], {PROMPT: CALL})
     monkeypatch.setattr(generation, "ToolGenerator", lambda *a, **k: ToolGenerator(
@@ -442,7 +443,7 @@ def test_cli_shows_or_hides_calls(tiny_model_dir, tiny_model, capsys, monkeypatc
     (["--max-new-tokens", "0"], "max_new_tokens"),
 ])
 def test_cli_user_errors(tiny_model_dir, capsys, args, message):
-    from toolformer.cli import main
+    from commands.cli import main
 
     assert main(["generate", "--model", str(tiny_model_dir), *args, "hello"]) == 2
     err = capsys.readouterr().err
@@ -470,7 +471,7 @@ def test_real_model_calls_the_calculator_inline(real_model_dir):
 
     prompts = [FEW_SHOT + "She read 25 pages a day for 4 days, so", "The capital of France is"]
     record = Scripted(tok, {})
-    gen = ToolGenerator(model, tok, {"Calculator": Products()}, GenerationConfig(max_new_tokens=18),
+    gen = ToolGenerator(model, tok, ToolExecutor({"Calculator": Products()}), GenerationConfig(max_new_tokens=18),
                         LogitsProcessorList([record]))
     batched = gen.generate(prompts, batch_size=2)
     steps = list(record.seen)
@@ -486,7 +487,7 @@ def test_real_model_calls_the_calculator_inline(real_model_dir):
             full = model(torch.tensor([row])).logits[0, -1]
             assert torch.allclose(scores, full, atol=1e-4)
     # With tools disabled the loop is plain greedy decoding with " [" suppressed.
-    gen_off = ToolGenerator(model, tok, {}, GenerationConfig(max_new_tokens=8, use_tools=False))
+    gen_off = ToolGenerator(model, tok, ToolExecutor({}), GenerationConfig(max_new_tokens=8, use_tools=False))
     api = tok(" [", add_special_tokens=False).input_ids[0]
     enc = tok(prompts[1], return_tensors="pt")
     ref = model.generate(**enc, max_new_tokens=8, do_sample=False, suppress_tokens=[api])
@@ -499,7 +500,7 @@ def test_models_trained_with_marker_tokens_are_refused_loudly(tiny_model_dir, tm
 
     from finetune.markers import MARKER_FORMAT, save_call_format
     from toolformer.errors import UserError
-    from toolformer.generation import generate_command
+    from commands.generate import generate_command
     from toolformer.models import load_model
 
     marked = tmp_path / "marked"
@@ -507,6 +508,6 @@ def test_models_trained_with_marker_tokens_are_refused_loudly(tiny_model_dir, tm
     save_call_format(marked, MARKER_FORMAT)
     model, tok = load_model(str(marked), device="cpu")
     with pytest.raises(ValueError, match="trained with the call markers <API> → </API>"):
-        ToolGenerator(model, tok, {})
+        ToolGenerator(model, tok, ToolExecutor({}))
     with pytest.raises(UserError, match="finetune --marker-tokens"):
         generate_command(["2 + 2 ="], model=str(marked), max_new_tokens=2)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from finetune.features import IGNORE_INDEX, encode_texts
-from toolformer.evaluation.perplexity import perplexity
+from evaluation.perplexity import perplexity
 from toolformer.models import leading_ids
 
 TEXT = "Out of 1400 participants, 400 passed the test. The quick brown fox jumps over the lazy dog."

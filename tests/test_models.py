@@ -81,7 +81,7 @@ def test_fetched_default_model_is_a_plain_hf_directory_that_knows_facts(real_mod
 
 @pytest.mark.real_model
 def test_fetch_model_cli_is_a_no_op_when_present(real_model_dir):
-    proc = subprocess.run([sys.executable, "-m", "toolformer.cli", "fetch-model"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "commands.cli", "fetch-model"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(real_model_dir)
 

@@ -1,4 +1,4 @@
-"""Tests of the augmentation report (toolformer/report.py) on small fake run directories.
+"""Tests of the augmentation report (commands/report.py) on small fake run directories.
 
 python -m pytest -q tests/test_report.py
 """
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from toolformer.cli import main
+from commands.cli import main
 from toolformer.errors import UserError
-from toolformer.report import load_run, write_report
+from commands.report import load_run, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -206,7 +206,7 @@ def test_only_the_best_three_examples_per_tool(tmp_path):
 
 
 def test_histogram_bins_put_the_threshold_on_an_edge():
-    from toolformer.report import _bins, _plot_range
+    from commands.report import _bins, _plot_range
 
     bins = _bins(-1.3, 2.2, 0.5, n=10)
     assert any(abs(b - 0.5) < 1e-9 for b in bins)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_report import _candidate, _write_jsonl, run_dir  # noqa: F401 (fixture)
-from toolformer.report import _cut, load_run, write_report
+from commands.report import _cut, load_run, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("check_report", ROOT / "scripts" / "check_report.py")

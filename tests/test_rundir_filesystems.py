@@ -272,7 +272,7 @@ def test_augment_on_an_object_store_equals_a_local_run_and_resume_is_a_no_op(
     tmp_path,
     capsys,
 ):
-    from toolformer.cli import main
+    from commands.cli import main
 
     inp = write_jsonl(tmp_path / "docs.jsonl", DOCS + MANY[:3])
     s = settings(scripted_dir)
@@ -311,7 +311,7 @@ def test_augment_on_an_object_store_equals_a_local_run_and_resume_is_a_no_op(
 
     # report and finetune's reader take the run where it is, and read what they read locally
     from finetune.data import read_texts
-    from toolformer.report import load_run, write_report
+    from commands.report import load_run, write_report
 
     here, there = load_run(tmp_path / "local"), load_run(OUT)
     assert there.complete and there.documents == here.documents > 0

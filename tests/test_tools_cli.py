@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from toolformer.cli import main
+from commands.cli import main
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -7,7 +7,7 @@ Run it::
 
 or from Python::
 
-    gen = ToolGenerator(model, tokenizer, {"Calculator": get_tool("Calculator")})
+    gen = ToolGenerator(model, tokenizer, ToolExecutor({"Calculator": get_tool("Calculator")}))
     out = gen.generate(["Out of 1400 participants, 400 passed, that is"])[0]
     out.text, out.calls
 
@@ -45,15 +45,11 @@ included, rolled-back call tokens not); a completed call may run past it by its 
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import inspect
-import json as jsonlib
 import logging
 import re
-import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -67,9 +63,8 @@ from toolformer.call_format import (
     strip_calls,
 )
 from toolformer.cache_api import cache_keyword, output_cache  # noqa: F401  (re-exported)
-from toolformer.errors import OutOfMemory, UserError, free_memory, is_out_of_memory
-from tools.base import CallContext, Tool
-from tools.executor import ToolExecutor, ToolOutcome
+from toolformer.errors import OutOfMemory, free_memory, is_out_of_memory
+from toolformer.execution import CallContext, Executor, ToolOutcome
 
 log = logging.getLogger(__name__)
 
@@ -193,19 +188,24 @@ class ToolGenerator:
     Args:
         model: a causal LM (transformers) in eval mode.
         tokenizer: its tokenizer; `` [`` must be a single token in it (it is in SmolLM2's).
-        tools: ``{name: Tool}`` or a ready :class:`ToolExecutor` (to share its cache).
+        executor: what runs the calls (:class:`toolformer.execution.Executor`), e.g.
+            ``tools.executor.ToolExecutor({"Calculator": Calculator()})``: its cache is shared by
+            every call of this generator.
         config: decoding settings.
         logits_processor: optional transformers ``LogitsProcessorList`` applied to the raw next-token
             scores before the trigger test (``input_ids`` are the rows' real tokens, left-padded).
         fmt: the call markers.
     """
 
-    def __init__(self, model, tokenizer, tools: Mapping[str, Tool] | ToolExecutor,
+    def __init__(self, model, tokenizer, executor: Executor,
                  config: GenerationConfig | None = None, logits_processor=None,
                  fmt: CallFormat = DEFAULT_FORMAT):
         self.model = model
         self.tokenizer = tokenizer
-        self.executor = tools if isinstance(tools, ToolExecutor) else ToolExecutor(tools, fmt)
+        if not callable(getattr(executor, "execute", None)):
+            raise TypeError(f"executor must have execute(tool, input, context), got {type(executor).__name__} "
+                            "(wrap a {name: Tool} mapping in tools.executor.ToolExecutor)")
+        self.executor = executor
         self.config = config or GenerationConfig()
         self.logits_processor = logits_processor
         self.fmt = fmt
@@ -551,87 +551,3 @@ class ToolGenerator:
             text = text.split("\n", 1)[0]
         return GenerationOutput(prompt=row.prompt, text=text, text_without_calls=strip_calls(text, self.fmt),
                                 calls=row.calls, num_tokens=len(row.out), abandoned_calls=row.abandoned)
-
-
-# ---- the command ----------------------------------------------------------------------------
-
-DEFAULT_TOOLS = ("Calculator", "Calendar")
-
-
-def build_tools(names: Sequence[str] | None = None, index: str | None = None) -> dict[str, Tool]:
-    """Instantiate tools by name (``tools.base.build_tools``); WikiSearch is added when ``index`` is given."""
-    from tools.base import build_tools as _build
-
-    if names is None:
-        names = list(DEFAULT_TOOLS) + (["WikiSearch"] if index else [])
-    return _build(names, index)
-
-
-def generate_command(prompt: list[str], model: str = "smollm2-135m", max_new_tokens: int = 64,
-                     top_k_trigger: int = 10, max_calls: int = 1, no_tools: bool = False,
-                     show_calls: bool = True, hide_calls: bool = False, date: str | None = None,
-                     index: str | None = None, tools: str | None = None, json: bool = False,
-                     batch_size: int = 8, stop_at_newline: bool = False, device: str | None = None,
-                     dtype: str | None = None) -> int:
-    """Complete prompts with a Toolformer model, running its API calls inline as it writes them.
-
-    Args:
-        prompt: one or more prompts to complete.
-        model: a fetched model name, a model directory (e.g. a fine-tuned run), a .gguf file or a Hub id.
-        max_new_tokens: tokens to generate per prompt.
-        top_k_trigger: start a call when " [" is among the top-k next tokens (paper: 10; 1 = plain greedy).
-        max_calls: call attempts per prompt (paper: 1).
-        no_tools: never start a call (the paper's "Toolformer (disabled)").
-        show_calls: print the calls and their results inline.
-        hide_calls: print the text with the calls removed (same as --no-show-calls).
-        date: the date the Calendar tool answers with, YYYY-MM-DD (default: today).
-        index: WikiSearch index directory (built by `toolformer index`); enables WikiSearch.
-        tools: comma-separated tool names or module:Class specs (default: Calculator,Calendar, plus
-            WikiSearch with --index).
-        json: print one JSON object per prompt: prompt, text, text_without_calls, calls, num_tokens.
-        batch_size: prompts decoded together.
-        stop_at_newline: end each completion at its first newline.
-        device: cuda, cpu or mps (default: the best available).
-        dtype: float32, bfloat16 or float16 (default: bf16 on CUDA, fp32 elsewhere).
-    """
-    from toolformer.models import load_model
-
-    try:
-        when = dt.date.fromisoformat(date) if date else dt.date.today()
-    except ValueError:
-        raise UserError(f"--date must be YYYY-MM-DD, got {date!r}") from None
-    names = [n.strip() for n in tools.split(",") if n.strip()] if tools else None
-    if tools is not None and not names:
-        raise UserError("--tools names no tool; use --no-tools to disable calls")
-    try:
-        config = GenerationConfig(max_new_tokens=max_new_tokens, top_k_trigger=top_k_trigger,
-                                  max_calls=max_calls, use_tools=not no_tools,
-                                  stop_at_newline=stop_at_newline)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if any(not p for p in prompt):
-        raise UserError("a prompt is empty")
-    tool_map = {} if no_tools else build_tools(names, index)
-    lm, tok = load_model(model, device=device, dtype=dtype)
-    try:
-        generator = ToolGenerator(lm, tok, tool_map, config)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    context = CallContext(date=when)
-    show = show_calls and not hide_calls
-    if not json and len(prompt) == 1:  # one prompt: stream it as it is written
-        sys.stdout.write(prompt[0])
-        for piece in generator.stream(prompt[0], context):
-            sys.stdout.write(piece if show else strip_calls(piece))
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        return 0
-    for out in generator.generate(prompt, context, batch_size=batch_size):
-        if json:
-            print(jsonlib.dumps({"prompt": out.prompt, "text": out.text,
-                                 "text_without_calls": out.text_without_calls,
-                                 "calls": [dataclasses.asdict(c) for c in out.calls],
-                                 "num_tokens": out.num_tokens}, ensure_ascii=False))
-        else:
-            print(out.prompt + (out.text if show else out.text_without_calls))
-    return 0

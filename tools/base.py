@@ -21,15 +21,15 @@ or, without touching code that imports it, expose the class under the entry-poin
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import datetime as dt
 import importlib
 import random
 from importlib import metadata
 from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
+
+from toolformer.execution import CallContext  # noqa: F401  (part of the tool interface: Tool.__call__ takes it)
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 INPUT_SLOT = "{input}"
@@ -42,17 +42,6 @@ class ToolError(Exception):
         super().__init__(f"{reason}: {message}" if message else reason)
         self.reason = reason
         self.message = message
-
-
-@dataclasses.dataclass(frozen=True)
-class CallContext:
-    """What a call may depend on besides its input. Part of the cache key."""
-
-    date: dt.date | None = None  # the document's date (data generation) or "today" (inference)
-    doc_id: str | None = None
-
-    def cache_key(self) -> tuple:
-        return (self.date.isoformat() if self.date else None,)
 
 
 class Tool:

@@ -22,21 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from toolformer.call_format import DEFAULT_FORMAT, CallFormat, neutralize
-from tools.base import CallContext, Tool, ToolError
+from toolformer.execution import CallContext, ToolOutcome
+from tools.base import Tool, ToolError
 
 NO_CONTEXT = CallContext()  # frozen, so one shared default is safe
-
-
-@dataclasses.dataclass(frozen=True)
-class ToolOutcome:
-    result: str | None  # sanitised result, ready to insert; None on failure
-    error: str | None = None  # ToolError.reason
-    message: str = ""
-    cached: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 def sanitize_result(result: str, fmt: CallFormat = DEFAULT_FORMAT, max_chars: int = 200) -> str:

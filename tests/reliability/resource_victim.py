@@ -21,7 +21,7 @@ FAULT is
 * ``oom:TOKENS``: every forward pass of the model's decoder over more than TOKENS input tokens
   (rows x width) raises ``torch.OutOfMemoryError`` (:func:`oom_above`).
 
-Nothing else changes: the command runs through ``toolformer.cli.main`` as from the shell.
+Nothing else changes: the command runs through ``commands.cli.main`` as from the shell.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from toolformer.cli import main as cli_main
+    from commands.cli import main as cli_main
 
     return cli_main(argv)
 

@@ -205,7 +205,7 @@ def test_toolformer_call_subprocess(payload, code, canary_dir):
     text = payload.replace("{canary}", str(canary_dir))
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "toolformer.cli", "call", text],
+        [sys.executable, "-m", "commands.cli", "call", text],
         capture_output=True,
         text=True,
         check=False,

@@ -118,7 +118,7 @@ def test_broken_model_directories_fail_in_one_line_naming_the_file(tiny_model_di
 
 
 def test_a_broken_model_is_one_line_from_the_cli(tiny_model_dir, tmp_path, capsys):
-    from toolformer.cli import main
+    from commands.cli import main
 
     d = tmp_path / "m"
     shutil.copytree(tiny_model_dir, d)

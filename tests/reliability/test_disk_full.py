@@ -220,7 +220,7 @@ def ft_argv(data: Path, out: Path, model: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def ft_reference(tmp_path_factory, ft_data, tiny_model_dir) -> dict[str, torch.Tensor]:
     from finetune.train import finetune
-    from toolformer.cli import build_parser
+    from commands.cli import build_parser
 
     out = tmp_path_factory.mktemp("df-ft-ref") / "run"  # the same flags, parsed as the command does
     assert finetune(**vars(build_parser("finetune", finetune).parse_args(ft_argv(ft_data, out, tiny_model_dir)[1:]))) == 0

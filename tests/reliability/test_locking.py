@@ -1,4 +1,4 @@
-"""One writer per run directory (issue 18): ``DIR/.lock`` (pipelines/rundir.py ``DirectoryLock``).
+"""One writer per run directory (issue 18): ``DIR/.lock`` (toolformer/locking.py ``DirectoryLock``).
 
 * Two real ``toolformer augment`` processes on one directory: the second is refused with one line
   naming the first's pid while the first is held mid-run by a gate; the directory is untouched by
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import rundir
+from toolformer import locking
 from tests.reliability.conftest import REPO, subprocess_env
 from tests.reliability.pipeline_tools import KILL_AT_CALL, RecordingCalc, documents, overrides, read_kind
 from tests.reliability.pipeline_tools import settings as tool_settings
@@ -68,7 +68,7 @@ def reference(scripted_dir, tmp_path_factory) -> dict:
 
 def augment_cmd(inp: Path, out: Path, model: Path, resume: bool = False) -> list[str]:
     return [
-        sys.executable, "-m", "toolformer.cli", "augment", "--input", str(inp), "--output", str(out),
+        sys.executable, "-m", "commands.cli", "augment", "--input", str(inp), "--output", str(out),
         "--model", str(model), "--tools", GATED,
         "--override", *overrides(GATED),
     ] + (["--resume"] if resume else [])  # fmt: skip
@@ -128,8 +128,8 @@ def test_second_augment_is_refused_and_a_killed_runs_lock_is_taken_over(
         first.kill()  # a crash mid-run: its lock file stays behind
     assert first.wait(timeout=60) == -signal.SIGKILL
     stale = json.loads((out / ".lock").read_text())
-    assert stale["pid"] == first.pid and not rundir.pid_alive(first.pid, stale["start_ticks"])
-    with caplog.at_level(logging.WARNING, logger="pipelines.rundir"):
+    assert stale["pid"] == first.pid and not locking.pid_alive(first.pid, stale["start_ticks"])
+    with caplog.at_level(logging.WARNING, logger="toolformer.locking"):
         run_augment(tool_settings(scripted_dir, GATED), [str(reference["input"])], str(out), True, [])
     taken = [r.getMessage() for r in caplog.records if "taking over the lock" in r.getMessage()]
     assert len(taken) == 1 and f"pid {first.pid}" in taken[0] and "that process is gone" in taken[0]
@@ -141,8 +141,8 @@ def test_second_augment_is_refused_and_a_killed_runs_lock_is_taken_over(
 
 HOLDER = """
 import os, signal, sys, time
-from pipelines import rundir
-rundir.lock(sys.argv[1], "augment").acquire()
+from toolformer import locking
+locking.lock(sys.argv[1], "augment").acquire()
 open(sys.argv[2], "w").write("held")
 while not os.path.exists(sys.argv[3]):
     time.sleep(0.02)
@@ -155,7 +155,7 @@ def test_augment_refused_while_a_process_holds_the_lock_then_takes_over_once_it_
 ):
     """Fast: a real process holds DIR's lock; ``toolformer augment`` (in this process) is refused
     with one line and touches nothing; the holder is SIGKILLed; the lock is then taken over."""
-    from toolformer.cli import main
+    from commands.cli import main
 
     out, held, die, script = tmp_path / "run", tmp_path / "held", tmp_path / "die", tmp_path / "hold.py"
     script.write_text(HOLDER)
@@ -178,8 +178,8 @@ def test_augment_refused_while_a_process_holds_the_lock_then_takes_over_once_it_
     finally:
         die.write_text("")
     assert holder.wait(timeout=60) == -signal.SIGKILL
-    with caplog.at_level(logging.WARNING, logger="pipelines.rundir"):
-        with rundir.lock(out):
+    with caplog.at_level(logging.WARNING, logger="toolformer.locking"):
+        with locking.lock(out):
             assert json.loads((out / ".lock").read_text())["pid"] == os.getpid()
     taken = [r.getMessage() for r in caplog.records if "taking over" in r.getMessage()]
     assert len(taken) == 1 and f"augment pid {holder.pid} on host" in taken[0], taken
@@ -188,7 +188,7 @@ def test_augment_refused_while_a_process_holds_the_lock_then_takes_over_once_it_
 
 RACER = """
 import os, sys, time
-from pipelines import rundir
+from toolformer import locking
 from toolformer.errors import UserError
 folder, journal, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 while not os.path.exists(journal + ".go"):  # all racers start together
@@ -196,7 +196,7 @@ while not os.path.exists(journal + ".go"):  # all racers start together
 got = refused = 0
 for _ in range(n):
     try:
-        lock = rundir.lock(folder, "race").acquire()
+        lock = locking.lock(folder, "race").acquire()
     except UserError:
         refused += 1
         time.sleep(0.003)
@@ -251,38 +251,38 @@ def test_lock_records_a_live_pid_are_refused_and_dead_ones_taken_over(tmp_path, 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         # A live pid on this host (its flock is free: e.g. a file system without flock): refused.
-        ticks = rundir._proc_start_ticks(sleeper.pid)
+        ticks = locking._proc_start_ticks(sleeper.pid)
         write_lock(tmp_path / "a", pid=sleeper.pid, host=host, start_ticks=ticks)
         with pytest.raises(UserError, match=f"in use by augment pid {sleeper.pid} on host {host}"):
-            rundir.lock(tmp_path / "a").acquire()
+            locking.lock(tmp_path / "a").acquire()
         # The same pid recorded with another start time: a reused pid, so the holder is gone.
         write_lock(tmp_path / "b", pid=sleeper.pid, host=host, start_ticks=1)
-        rundir.lock(tmp_path / "b").acquire().release()
+        locking.lock(tmp_path / "b").acquire().release()
     finally:
         sleeper.kill()
     # A zombie (killed, not reaped yet) is gone too.
-    wait_for(lambda: rundir._proc_start_ticks(sleeper.pid) == -1, 10, "the zombie")
+    wait_for(lambda: locking._proc_start_ticks(sleeper.pid) == -1, 10, "the zombie")
     write_lock(tmp_path / "c", pid=sleeper.pid, host=host)
-    rundir.lock(tmp_path / "c").acquire().release()
+    locking.lock(tmp_path / "c").acquire().release()
     sleeper.wait()
     # Another host: the heartbeat (mtime) decides.
     fresh = write_lock(tmp_path / "d", pid=1, host="elsewhere")
     with pytest.raises(UserError, match="on host elsewhere"):
-        rundir.lock(tmp_path / "d").acquire()
-    old = time.time() - rundir.STALE_AFTER_S - 5
+        locking.lock(tmp_path / "d").acquire()
+    old = time.time() - locking.STALE_AFTER_S - 5
     os.utime(fresh, (old, old))
-    held = rundir.lock(tmp_path / "d").acquire()
+    held = locking.lock(tmp_path / "d").acquire()
     assert json.loads(fresh.read_text())["pid"] == os.getpid()
     with pytest.raises(UserError, match=f"pid {os.getpid()}"):  # a second holder in this process too
-        rundir.lock(tmp_path / "d").acquire()
+        locking.lock(tmp_path / "d").acquire()
     held.release()
     assert not fresh.exists()
     # An unreadable (torn) lock file whose flock is free is taken over after a short wait.
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / ".lock").write_bytes(b'{"pid": 12')
-    rundir.lock(tmp_path / "e").acquire().release()
+    locking.lock(tmp_path / "e").acquire().release()
     # A run directory that the lock created and that stays empty is removed with the lock.
-    rundir.lock(tmp_path / "f").acquire().release()
+    locking.lock(tmp_path / "f").acquire().release()
     assert not (tmp_path / "f").exists()
 
 
@@ -290,7 +290,7 @@ def test_finetune_takes_the_same_lock(tmp_path):
     from finetune.train import FinetuneConfig, run_finetune
 
     out = tmp_path / "ft"
-    with rundir.lock(out, "finetune"):
+    with locking.lock(out, "finetune"):
         with pytest.raises(UserError, match=f"in use by finetune pid {os.getpid()}"):
             run_finetune(FinetuneConfig(data=[str(tmp_path / "none.jsonl")], output=str(out)))
     # Released: the same call now gets past the lock to its data check (one line naming the file).

@@ -97,7 +97,7 @@ def augment_subprocess(
     cmd = [
         sys.executable,
         "-m",
-        "toolformer.cli",
+        "commands.cli",
         "augment",
         "--input",
         str(inp),

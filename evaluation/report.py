@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from toolformer.evaluation.runner import ConditionResult
+from evaluation.runner import ConditionResult
 
 
 def _pct(x: float | None) -> str:

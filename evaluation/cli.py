@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Literal
 
 from toolformer.errors import UserError
-from toolformer.evaluation import dates as dates_mod
-from toolformer.evaluation import runner
-from toolformer.evaluation.datasets import Example, LoadedData, detect_format, load_examples, load_text
-from toolformer.evaluation.report import markdown_table, write_outputs
+from evaluation import dates as dates_mod
+from evaluation import runner
+from evaluation.datasets import Example, LoadedData, detect_format, load_examples, load_text
+from evaluation.report import markdown_table, write_outputs
 
 # Tools each task may call by default. The paper lets the model use every tool on every task but
 # disables WikiSearch for LAMA (it would find the cloze sentences' sources); QA and WikiSearch need

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from toolformer.call_format import parse_calls, strip_calls
-from toolformer.evaluation.datasets import Example
+from evaluation.datasets import Example
 from toolformer.errors import UserError
-from toolformer.evaluation.dates import format_today
-from toolformer.evaluation.perplexity import perplexity
-from toolformer.evaluation.scoring import score_cloze, score_date, score_math
+from evaluation.dates import format_today
+from evaluation.perplexity import perplexity
+from evaluation.scoring import score_cloze, score_date, score_math
 from tools.base import CallContext, Tool
 
 # Zero-shot prompts, two styles (``--prompt-style``). "paper" (the default): the paper's own templates
@@ -156,11 +156,12 @@ def _with_date(example: Example) -> str:
 def make_generator(model, tokenizer, tools: Mapping[str, Tool], use_tools: bool, max_new_tokens: int):
     """The inline tool-calling generator (toolformer.generation), configured as the paper evaluates."""
     from toolformer.generation import GenerationConfig, ToolGenerator
+    from tools.executor import ToolExecutor
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, top_k_trigger=TOP_K_TRIGGER, max_calls=MAX_CALLS,
                               use_tools=use_tools, stop_at_newline=True)
     try:
-        return ToolGenerator(model, tokenizer, tools, config)
+        return ToolGenerator(model, tokenizer, ToolExecutor(tools), config)
     except ValueError as e:  # e.g. a model trained with marker tokens
         raise UserError(str(e)) from None
 

@@ -19,7 +19,7 @@ weekday a Friday or Monday off may move them to.
 Generate and save a set: ``toolformer evaluate --task dates --seed 0 --limit 100 --output DIR``
 (the generated questions are in ``DIR/predictions.jsonl``), or in Python::
 
-    from toolformer.evaluation.dates import generate_dateset
+    from evaluation.dates import generate_dateset
     queries = generate_dateset(num_queries=9400, num_today_dates=500, seed=0)
 """
 
@@ -31,7 +31,7 @@ import random
 
 from dateutil.relativedelta import relativedelta
 
-from toolformer.evaluation.scoring import MONTHS, WEEKDAYS
+from evaluation.scoring import MONTHS, WEEKDAYS
 
 # The paper's sizes.
 NUM_QUERIES = 9400

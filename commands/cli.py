@@ -16,6 +16,7 @@ import importlib
 import inspect
 import logging
 import re
+import os
 import sys
 import types
 import typing
@@ -25,17 +26,17 @@ from toolformer.errors import ResourceExhausted, UserError, storage_full
 
 # name -> "module:function"; imported only when the command runs, so `--help` stays fast.
 COMMANDS: dict[str, str] = {
-    "fetch-model": "toolformer.cli:fetch_model",
+    "fetch-model": "commands.cli:fetch_model",
     "call": "tools.cli:call",
     "index": "tools.cli:index",
     "augment": "pipelines.augment:augment",
     "refilter": "pipelines.augment:refilter",
     "finetune": "finetune.train:finetune",
-    "generate": "toolformer.generation:generate_command",
-    "evaluate": "toolformer.evaluation.cli:evaluate",
-    "report": "toolformer.report:report",
+    "generate": "commands.generate:generate_command",
+    "evaluate": "evaluation.cli:evaluate",
+    "report": "commands.report:report",
     "export": "toolformer.export:export",
-    "demo": "toolformer.demo:demo",
+    "demo": "commands.demo:demo",
 }
 
 
@@ -101,6 +102,21 @@ class QuietResourceErrors(logging.Filter):
         return exc is None or not _resource_error(exc)
 
 
+def quiet_library_bars(quiet: bool) -> None:
+    """The libraries' own progress bars ("Loading weights", datasets' "Map:", "Writing model
+    shards"): off by default, where our progress lines (toolformer/progress.py) say what runs and
+    how far it is; back with ``--verbose``. By environment for the libraries not imported yet (the
+    commands import them lazily; it reaches Beam's and the tools' worker processes too), by their
+    switches for those already imported."""
+    if quiet:
+        for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+            os.environ.setdefault(var, "1")
+    for module, off, on in (("transformers.utils.logging", "disable_progress_bar", "enable_progress_bar"),
+                            ("datasets.utils.tqdm", "disable_progress_bars", "enable_progress_bars")):
+        if module in sys.modules:
+            getattr(sys.modules[module], off if quiet else on)()
+
+
 def setup_logging(verbose: bool) -> None:
     """WARNING (INFO with ``--verbose``) on stderr; without ``--verbose`` also :class:`QuietThirdParty`
     and :class:`QuietResourceErrors`."""
@@ -109,6 +125,7 @@ def setup_logging(verbose: bool) -> None:
     root = logging.getLogger()
     for f in [f for f in root.filters if isinstance(f, QuietThirdParty)]:
         root.removeFilter(f)
+    quiet_library_bars(not verbose)
     for handler in root.handlers:
         for f in [f for f in handler.filters if isinstance(f, QuietResourceErrors)]:
             handler.removeFilter(f)

@@ -6,7 +6,7 @@ MAWPS (the original JSON with ``sQuestion``/``lSolutions``, and the common JSONL
 "target"}``), GSM8K (JSONL ``question``/``answer`` ending in ``#### n``) and any JSONL with named
 question and answer fields. Fact cloze: LAMA-style JSONL (``prefix``/``obj_label``/``mask_is_final``
 as in ``lama_cloze_all.jsonl.gz``, or LAMA's raw ``masked_sentences``/``obj_label``). Dates: the
-JSONL written from :mod:`toolformer.evaluation.dates` (``question``/``answer``/``kind``/``today``).
+JSONL written from :mod:`evaluation.dates` (``question``/``answer``/``kind``/``today``).
 Perplexity: plain text, or JSONL with a ``text`` field. ``.gz`` files are read transparently.
 
 A malformed file or record (invalid JSON or XML, a missing field) raises :class:`UserError` naming
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from toolformer.errors import UserError
-from toolformer.evaluation.scoring import parse_gold_number
+from evaluation.scoring import parse_gold_number
 
 MATH_FORMATS = ("svamp", "asdiv", "mawps", "gsm8k", "jsonl")
 FORMATS_BY_TASK = {

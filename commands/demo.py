@@ -22,9 +22,8 @@ import json
 import time
 from pathlib import Path
 
+from toolformer.data import DATA_DIR  # the bundled sample data
 from toolformer.errors import UserError
-
-DATA_DIR = Path(__file__).parent / "data"
 
 # Demo-sized settings. The paper samples with tau_s = 0.05 and keeps calls with tau_f = 1.0 (0.5 for
 # the calculator) on a 6.7B model; a 135M model gives p(" [") far below 0.05, so positions are
@@ -77,10 +76,10 @@ def demo(output: str = "demo_out", model: str = "smollm2-135m", docs: str | None
     """
     from finetune.train import finetune
     from pipelines.augment import augment
-    from toolformer.cli import fetch_model
-    from toolformer.evaluation.cli import evaluate
-    from toolformer.generation import generate_command
-    from toolformer.report import report
+    from commands.cli import fetch_model
+    from evaluation.cli import evaluate
+    from commands.generate import generate_command
+    from commands.report import report
     from tools.cli import index
 
     out = Path(output)
