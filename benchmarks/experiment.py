@@ -157,8 +157,10 @@ def main() -> None:
         tables = {}
         for d in sorted((out / "eval").glob("*/*")):
             if (d / "results.json").exists():
-                # the round-2 model is also a directory called final_model: say which round it is
-                rename = (lambda c: c.replace("final_model", "round-2 model")) if d.name == "tuned-r2" else str
+                # other models are directories called final_model too: say which (eval/<set>/<label>)
+                names = {"tuned-r2": "round-2 model"}
+                rename = str if d.name in ("base", "tuned") else (
+                    lambda c, n=names.get(d.name, d.name): c.replace("final_model", n))
                 tables.setdefault(d.parent.name, []).extend(
                     {**c, "condition": rename(c["condition"])} for c in results_of(d))
         write_summary(out, args, stats, precision, tables, times, round2)
