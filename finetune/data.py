@@ -49,22 +49,12 @@ class TextCorpus:
 def data_files(spec: str) -> list[str]:
     """The files one ``--data`` entry stands for (a run dir gives its shards, sorted). A run
     directory or ``.jsonl`` file may be on any Beam file system (``gs://b/run``: toolformer/runs.py)."""
-    if runs.is_remote(spec):
-        shards = runs.shards(spec, "texts")
-        if shards:
-            if not runs.is_complete(spec):
-                raise UserError(f"--data {spec}: pipeline run is incomplete (no {RUN_COMPLETE}); "
-                                "wait for it to finish or pass the shard files explicitly")
-            return shards
-        if runs.exists(spec) and spec.endswith((".jsonl", ".json", ".jsonl.gz")):
+    remote = runs.is_remote(spec)
+    if not remote:
+        if not Path(spec).exists():
+            raise UserError(f"--data {spec}: no such file or directory")
+        if Path(spec).is_file():
             return [spec]
-        raise UserError(f"--data {spec}: no {RUN_SHARDS} shards of a run there, and not a .jsonl file "
-                        "(Parquet files and saved datasets are read from local paths only)")
-    p = Path(spec)
-    if not p.exists():
-        raise UserError(f"--data {spec}: no such file or directory")
-    if p.is_file():
-        return [spec]
     shards = runs.shards(spec, "texts")
     if shards:
         if not runs.is_complete(spec):
@@ -72,7 +62,12 @@ def data_files(spec: str) -> list[str]:
             raise UserError(f"--data {spec}: pipeline run is incomplete (no {RUN_COMPLETE}); "
                             "wait for it to finish or pass the shard files explicitly")
         return shards
-    if (p / "dataset_info.json").exists() or (p / "state.json").exists():
+    if remote:
+        if runs.exists(spec) and spec.endswith((".jsonl", ".json", ".jsonl.gz")):
+            return [spec]
+        raise UserError(f"--data {spec}: no {RUN_SHARDS} shards of a run there, and not a .jsonl file "
+                        "(Parquet files and saved datasets are read from local paths only)")
+    if (Path(spec) / "dataset_info.json").exists() or (Path(spec) / "state.json").exists():
         return [spec]
     raise UserError(f"--data {spec}: directory holds neither {RUN_SHARDS} shards nor a saved HF dataset")
 
