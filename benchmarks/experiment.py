@@ -158,8 +158,8 @@ def main() -> None:
         for d in sorted((out / "eval").glob("*/*")):
             if (d / "results.json").exists():
                 # other models are directories called final_model too: say which (eval/<set>/<label>)
-                names = {"tuned-r2": "round-2 model"}
-                rename = str if d.name in ("base", "tuned") else (
+                names = {"tuned": "round-1 model", "tuned-r2": "round-2 model", "tuned-900": "round-1 model, 900 docs"}
+                rename = str if d.name == "base" else (
                     lambda c, n=names.get(d.name, d.name): c.replace("final_model", n))
                 tables.setdefault(d.parent.name, []).extend(
                     {**c, "condition": rename(c["condition"])} for c in results_of(d))
