@@ -284,11 +284,13 @@ def test_inline_mode_puts_the_call_before_x_i_and_reads_the_same_tokens():
     assert (inline.loss_plus, inline.loss_minus) == pytest.approx((prefix.loss_plus, prefix.loss_minus), abs=1e-6)
 
 
-def test_cached_prompt_prefix_equals_the_uncached_sequence(tiny_model):
+@pytest.mark.parametrize("which", ["tiny_model", "sliding_model"])
+def test_cached_prompt_prefix_equals_the_uncached_sequence(request, which):
+    """Also on sliding-window layers (Gemma) with a prefix longer than the window (16 keys)."""
     from toolformer.filtering import CachedPrefix
 
-    model, _ = tiny_model
-    head = [5, 17, 42, 9, 88, 31]
+    model, _ = request.getfixturevalue(which)
+    head = [5, 17, 42, 9, 88, 31] * (4 if which == "sliding_model" else 1)
     x = (40, 41, 42, 43, 44, 45, 46, 47, 48)
     call_r, call_e = (60, 61, 62), (60, 61)
     job = FilterJob(text_ids=x, candidates=((3, call_r, call_e), (6, call_e, call_e)))

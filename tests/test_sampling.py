@@ -203,3 +203,27 @@ def test_place_children_keeps_rows_and_fills_holes():
     assert _place_children([2]) == ([0], [(0, 2)])
     assert _place_children([0, 0, 3]) == ([0, 1, 2], [(1, 0), (2, 3)])
     assert _place_children([1, 1, 1]) == ([1, 0, 2], [(0, 1), (2, 1)])
+
+
+def test_sliding_window_layers_score_and_sample_like_the_reference(sliding_model):
+    """Gemma's sliding layers: the prompt head (118 tokens) is longer than the window (16). The
+    model's own cache keeps only the window's keys, which broke the rows expanded from the head."""
+    model, tok = sliding_model
+    with torch.no_grad():
+        prompt = PromptCache(model, tok, TEMPLATE)
+        assert len(prompt) > model.config.sliding_window
+        api = tok.convert_tokens_to_ids("Ġ[")
+        mids = [tok(prompt.parts.middle(d), add_special_tokens=False)["input_ids"] for d in DOCS]
+        texts = [tok(" " + d, add_special_tokens=False)["input_ids"] for d in DOCS]
+        scored = score_positions(model, prompt, mids, texts, api, tok.pad_token_id)
+        for b in range(len(DOCS)):
+            full = torch.tensor([prompt.head_ids + mids[b] + texts[b]])
+            probs = torch.softmax(model(full).logits[0].float(), dim=-1)[:, api]
+            start = len(prompt.head_ids) + len(mids[b]) - 1
+            assert torch.allclose(scored.probs[b], probs[start : start + len(texts[b])], atol=1e-6, rtol=1e-4)
+        closing, abandoning = stop_token_ids(tok)
+        requests = [SampleRequest(b, i, stable_seed(0, b, i, s)) for b in (0, 1) for i in (0, 4, 9) for s in range(2)]
+        got = sample_calls(model, scored, requests, api, closing, abandoning, max_new_tokens=12, max_cache_tokens=1)
+        for req, sample in zip(requests, got):
+            seq = prompt.head_ids + mids[req.row] + texts[req.row][: req.position] + [api]
+            assert sample == _reference_sample(model, seq, req.seed, closing, abandoning, 12)

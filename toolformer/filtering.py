@@ -185,10 +185,14 @@ class CachedPrefix:
     def __init__(self, model, ids: Sequence[int]):
         from transformers import DynamicCache
 
+        from toolformer.cache_api import cache_keyword, output_cache
+
         self.ids = list(ids)
         with torch.no_grad():
-            out = model(input_ids=torch.tensor([self.ids], device=model.device), use_cache=True)
-        from toolformer.cache_api import output_cache
+            # full layers (see toolformer.sampling.PromptCache): a sliding-window layer's default
+            # cache would keep only the last window of the prefix's keys
+            out = model(input_ids=torch.tensor([self.ids], device=model.device),
+                        **{cache_keyword(model): DynamicCache()}, use_cache=True)
 
         self._layers = [(layer.keys, layer.values) for layer in output_cache(out).layers]
         self._cache_cls = DynamicCache

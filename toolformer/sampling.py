@@ -72,7 +72,10 @@ class PromptCache:
         self.parts = PromptParts.from_template(template)
         self.head_ids = tokenizer(self.parts.head, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
-            out = model(input_ids=torch.tensor([self.head_ids], device=model.device), use_cache=True)
+            # A cache of full layers, not the model's default: Gemma's would keep only the last
+            # `sliding_window` keys of its sliding layers, and rows are expanded from these keys.
+            out = model(input_ids=torch.tensor([self.head_ids], device=model.device),
+                        **{cache_keyword(model): DynamicCache()}, use_cache=True)
         self._layers = [(layer.keys, layer.values) for layer in output_cache(out).layers]
 
     def __len__(self) -> int:
