@@ -321,7 +321,7 @@ class _Translator(PipelineVisitor):
             return self._set(node, self._group_by_key(self._input(node)))
         if isinstance(t, o._Reshuffle):
             return self._set(node, self._input(node))
-        raise NotImplementedError(
+        raise UserError(
             f"the Dask runner cannot run {type(t).__name__} ({node.full_label}); it runs ParDo, "
             "Create, Flatten, GroupByKey and Reshuffle (see pipelines/dask_runner.py)"
         )
@@ -342,7 +342,7 @@ class _Translator(PipelineVisitor):
         from apache_beam.transforms.window import GlobalWindows
 
         if not isinstance(pcoll.windowing.windowfn, GlobalWindows):
-            raise NotImplementedError(
+            raise UserError(
                 f"the Dask runner runs the global window only; {node.full_label} outputs "
                 f"{type(pcoll.windowing.windowfn).__name__}"
             )
@@ -373,7 +373,7 @@ class _Translator(PipelineVisitor):
 
         t = node.transform
         if is_stateful_dofn(t.fn) or DoFnSignature(t.fn).is_splittable_dofn():
-            raise NotImplementedError(
+            raise UserError(
                 f"the Dask runner runs no stateful or splittable DoFn ({node.full_label})")
         [main] = node.main_inputs.values()
         views = [(type(si), si._view_options()) for si in t.side_inputs]

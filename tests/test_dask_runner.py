@@ -192,3 +192,30 @@ def test_flags(tmp_path):
         augment(input=[str(inp)], output=str(tmp_path / "o"), dask_workers=2,
                 extra_args=["--runner", "dask", "--dask_client_address", "127.0.0.1:1"])
     assert not (tmp_path / "o").exists()
+
+
+def test_what_the_runner_cannot_run_is_refused_before_it_starts(cluster, tmp_path):
+    """Windows other than the global one and stateful DoFns: one line naming the step, nothing run."""
+    import apache_beam as beam
+    from apache_beam.transforms.userstate import BagStateSpec
+    from apache_beam.transforms.window import FixedWindows
+
+    from pipelines.augment import pipeline_options
+    from toolformer.errors import UserError
+
+    class Stateful(beam.DoFn):
+        SEEN = BagStateSpec("seen", beam.coders.VarIntCoder())
+
+        def process(self, kv, seen=beam.DoFn.StateParam(SEEN)):
+            yield kv
+
+    options = ["--runner", "dask", "--dask_client_address", cluster]
+    p = beam.Pipeline(options=pipeline_options(options))
+    _ = p | beam.Create([1, 2]) | "Windows" >> beam.WindowInto(FixedWindows(10)) | beam.Map(str)
+    with pytest.raises(UserError, match="runs the global window only; Windows.* outputs FixedWindows"):
+        p.run()
+    p = beam.Pipeline(options=pipeline_options(options))
+    _ = p | beam.Create([("a", 1)]) | "Keep" >> beam.ParDo(Stateful())
+    with pytest.raises(UserError, match=r"runs no stateful or splittable DoFn \(Keep\)"):
+        p.run()
+

@@ -272,7 +272,9 @@ def test_429_with_a_short_retry_after_is_waited_for_and_then_answered(server):
     wall = time.monotonic() - t0
     record("429_retry_after_1s_then_200", None, wall, c)
     # waited the Retry-After (>= 1 s), not the deadline (3 s) nor a backoff on top; the server saw the retry
-    assert 1.0 <= wall < 2.0 and c.requests_sent == len(server.requests) == 2
+    assert 1.0 <= wall < 2.0, wall
+    assert c.requests_sent == 2, c.requests_sent
+    assert len(server.requests) == 2, server.requests
 
 
 @pytest.mark.parametrize(
