@@ -46,7 +46,6 @@ BEST_EXAMPLES = 3  # per tool
 CONTEXT_BEFORE = 220  # characters of the document shown before an example's call
 CONTEXT_AFTER = 140
 MAX_WARNINGS = 20  # skipped records listed one by one; the rest are only counted
-RUN_FILES = ("candidates-*.jsonl", "texts-*.jsonl", "errors-*.jsonl")
 
 
 @dataclasses.dataclass
@@ -159,7 +158,7 @@ def load_run(run_dir: str | Path, best: int = BEST_EXAMPLES) -> RunData:
         if not Path(run_dir).is_dir():
             raise UserError(f"{run_dir} is not a directory")
     stats_path = runs.join(run_dir, runs.STATS)
-    shards = {p: runs.shards(run_dir, p.split("-")[0]) for p in RUN_FILES}
+    shards = {kind: runs.shards(run_dir, kind) for kind in runs.SHARD_KINDS}
     if not runs.exists(stats_path) and not any(shards.values()):
         raise UserError(f"{run_dir} is not a pipeline run directory (no stats.json, candidates-*.jsonl "
                         "or texts-*.jsonl in it)")
@@ -182,7 +181,7 @@ def load_run(run_dir: str | Path, best: int = BEST_EXAMPLES) -> RunData:
     # Per tool a min-heap of the `best` largest deltas; the counter breaks ties in file order.
     heaps: dict[str, list[tuple[float, int, dict]]] = collections.defaultdict(list)
     order = 0
-    for name, lineno, rec in _records(shards["candidates-*.jsonl"], run_dir, warnings, skipped):
+    for name, lineno, rec in _records(shards["candidates"], run_dir, warnings, skipped):
         tool = rec.get("tool")
         if not isinstance(tool, str) or not tool:
             _skip(warnings, skipped, f"{name} line {lineno}: candidate without a tool name")
@@ -220,13 +219,13 @@ def load_run(run_dir: str | Path, best: int = BEST_EXAMPLES) -> RunData:
                 heapq.heapreplace(heaps[tool], item)
 
     dead_letters: collections.Counter = collections.Counter()
-    for _, _, rec in _records(shards["errors-*.jsonl"], run_dir, warnings, skipped):
+    for _, _, rec in _records(shards["errors"], run_dir, warnings, skipped):
         dead_letters[(str(rec.get("stage", "?")), str(rec.get("reason", "?")))] += 1
 
     wanted = {str(rec.get("doc_id")) for heap in heaps.values() for _, _, rec in heap}
     originals: dict[str, str] = {}
     documents = with_calls = 0
-    for name, lineno, rec in _records(shards["texts-*.jsonl"], run_dir, warnings, skipped):
+    for name, lineno, rec in _records(shards["texts"], run_dir, warnings, skipped):
         text, calls = rec.get("text"), rec.get("calls", [])
         if not isinstance(text, str) or not isinstance(calls, list):
             _skip(warnings, skipped, f"{name} line {lineno}: text record without 'text' or 'calls'")

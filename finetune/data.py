@@ -27,7 +27,6 @@ from toolformer.errors import UserError
 log = logging.getLogger(__name__)
 
 RUN_SHARDS = "texts-*.jsonl"
-RUN_COMPLETE = "_SUCCESS"
 
 
 @dataclass
@@ -59,7 +58,7 @@ def data_files(spec: str) -> list[str]:
     if shards:
         if not runs.is_complete(spec):
             # The pipeline writes _SUCCESS last: without it the shards may be half written.
-            raise UserError(f"--data {spec}: pipeline run is incomplete (no {RUN_COMPLETE}); "
+            raise UserError(f"--data {spec}: pipeline run is incomplete (no {runs.SUCCESS}); "
                             "wait for it to finish or pass the shard files explicitly")
         return shards
     if remote:

@@ -44,12 +44,29 @@ def _documents(files: list[str], dirs: list[str], text_field: str):
         yield from (r for kind, r in read_records(d, None, text_field, input_limits()) if kind == DOC)
 
 
+#: The count holds the input's documents in memory (the pipeline's de-duplication and limit need
+#: them all): above this many input bytes it is skipped, and progress lines count what was routed.
+MAX_COUNT_BYTES = 256 << 20
+
+
+def input_bytes(files: list[str]) -> int:
+    from apache_beam.io.filesystems import FileSystems
+
+    return sum(m.size_in_bytes for pattern in files for m in FileSystems.match([pattern])[0].metadata_list)
+
+
 def expected_units(inputs: tuple[list[str], list[str]], settings, tools: dict[str, Any],
                    journals: dict[int, list[str]]) -> dict[int, int]:
-    """Units the model will see per part: routed units, less those in the part's journal."""
+    """Units the model will see per part: routed units, less those in the part's journal
+    (``{}``: not counted, for input files over ``MAX_COUNT_BYTES``)."""
     from toolformer.models import load_tokenizer
     from tools.base import get_tool
 
+    size = input_bytes(inputs[0])
+    if size > MAX_COUNT_BYTES:
+        log.info("progress without totals: the input is %.1f GB (units are counted up to %d MB)",
+                 size / 1e9, MAX_COUNT_BYTES >> 20)
+        return {}
     t0 = time.perf_counter()
     tokenizer = load_tokenizer(settings.model)
     instances = {n: get_tool(spec, **tools["config"].get(n, {})) for n, spec in tools["specs"].items()}

@@ -94,7 +94,7 @@ def test_augment_without_a_total_counts_units_routed_so_far(
     assert sample[-1].startswith("augment sample: 8 units done of 8 routed so far")
 
 
-def test_totals_per_part_mirror_the_pipeline_and_leave_out_journaled_units(scripted_dir, tmp_path):  # noqa: F811
+def test_totals_per_part_mirror_the_pipeline_and_leave_out_journaled_units(scripted_dir, tmp_path, monkeypatch):  # noqa: F811
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipelines.augment import pipeline_options, split_inputs, tool_setup
@@ -115,6 +115,9 @@ def test_totals_per_part_mirror_the_pipeline_and_leave_out_journaled_units(scrip
     journal.write_bytes(journal_line({"key": [parts[part][0], "Calc", 0], "records": [], "dead": [], "counts": {}}))
     got = expected_units(split_inputs([str(inp)]), s, tools, {part: [str(journal)]})
     assert got[part] == len(parts[part]) - 1
+    monkeypatch.setattr("pipelines.totals.MAX_COUNT_BYTES", inp.stat().st_size - 1)  # a larger input: not counted
+    assert expected_units(split_inputs([str(inp)]), s, tools, {}) == {}
+    monkeypatch.undo()
     # the pipeline's Limit comes before its de-duplication: the 3 smallest ids are d0, d0 and d1
     limited = settings(scripted_dir, "parts=1", "limit=3")
     assert expected_units(split_inputs([str(inp)]), limited, tool_setup(limited), {}) == {0: 2}
