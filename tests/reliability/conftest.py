@@ -99,3 +99,12 @@ def tiny_index(tmp_path_factory) -> Path:
 
 def subprocess_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", PYTHONHASHSEED="0")
+
+
+@pytest.fixture(scope="session")
+def scripted_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The scripted one-layer model of tests/test_pipeline.py (read only: one for the whole suite)."""
+    from tests.test_pipeline import build_scripted_model
+
+    return build_scripted_model(tiny_model_dir, tmp_path_factory.mktemp("scripted"))
+

@@ -42,7 +42,6 @@ from tests.reliability.pipeline_tools import (
     settings,
     write_jsonl,
 )
-from tests.test_pipeline import build_scripted_model
 from tests.tiny_model import TRAINING_LINES
 
 # Tiny models are latency-bound: extra threads only contend on a 2-core machine.
@@ -76,11 +75,6 @@ def one_error_line(proc: subprocess.CompletedProcess, command: str) -> str:
 
 
 # --- augment ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def scripted_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    return build_scripted_model(tiny_model_dir, tmp_path_factory.mktemp("scripted"))
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from tests.reliability.conftest import REPO, subprocess_env
 from tests.reliability.pipeline_tools import KILL_AT_CALL, RecordingCalc, documents, overrides, read_kind
 from tests.reliability.pipeline_tools import settings as tool_settings
 from tests.reliability.pipeline_tools import write_jsonl
-from tests.test_pipeline import build_scripted_model
 from toolformer.errors import UserError
 
 GATED = "tests.reliability.test_locking:GatedCalc"
@@ -48,11 +47,6 @@ class GatedCalc(RecordingCalc):
             while not os.path.exists(os.path.join(gate, "go")) and time.monotonic() < deadline:
                 time.sleep(0.05)
         return super().__call__(input, context)
-
-
-@pytest.fixture(scope="module")
-def scripted_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    return build_scripted_model(tiny_model_dir, tmp_path_factory.mktemp("scripted"))
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,6 @@ from tests.reliability.pipeline_tools import (
 )
 from tests.reliability.resource_victim import OomLog, oom_above
 from tests.test_generation import CALL, PROMPT, Fixed, make
-from tests.test_pipeline import build_scripted_model
 from toolformer.errors import OutOfMemory
 from tools.base import CallContext
 
@@ -55,11 +54,6 @@ EXTRA = ("threads=1",)
 # single rows up to 134 tokens (the long document's windows), 66 for the prompt cached at load.
 FITS_SINGLE_ROWS = 140  # every single row fits: halving always succeeds
 TOO_SMALL_FOR_LONG = 100  # the long document's single rows do not fit
-
-
-@pytest.fixture(scope="module")
-def scripted_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    return build_scripted_model(tiny_model_dir, tmp_path_factory.mktemp("scripted"))
 
 
 def long_document() -> dict:

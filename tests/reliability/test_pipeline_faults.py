@@ -44,7 +44,6 @@ from tests.reliability.pipeline_tools import (
     settings,
     write_jsonl,
 )
-from tests.test_pipeline import build_scripted_model
 from toolformer.call_format import parse_calls
 
 # Tiny models are latency-bound: extra threads only contend on a 2-core machine.
@@ -69,11 +68,6 @@ EXPECTED_BAD = {
     "nul_bytes": 1,
     "invalid_unicode": 1,
 }
-
-
-@pytest.fixture(scope="module")
-def scripted_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    return build_scripted_model(tiny_model_dir, tmp_path_factory.mktemp("scripted"))
 
 
 def run(settings_, inputs, out, resume=False):
