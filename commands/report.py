@@ -17,16 +17,17 @@ It reads the run's ``candidates-*.jsonl``, ``texts-*.jsonl``, ``errors-*.jsonl``
 
 A malformed line in a shard is skipped and listed in the report (file and line), so one bad
 record never hides the rest of the run.
+
+This module reads the run (``load_run``) and writes the report (``write_report``, the ``report``
+command); ``commands.report_plots`` draws the plots and ``commands.report_render`` renders the
+Markdown and the HTML.
 """
 
 from __future__ import annotations
 
-import base64
 import collections
 import dataclasses
 import heapq
-import html
-import io
 import json
 import logging
 import math
@@ -36,9 +37,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from commands.report_plots import _bins, _plot_range, plot_deltas, plot_failures, plot_kept
+from commands.report_render import DROP_REASONS, EMPTY_MESSAGE, LAZY_NOTE, render_html, render_markdown
 from toolformer import runs
 from toolformer.call_format import render_call, strip_calls
 from toolformer.errors import UserError
+
+__all__ = [
+    "BEST_EXAMPLES", "CONTEXT_AFTER", "CONTEXT_BEFORE", "DROP_REASONS", "EMPTY_MESSAGE", "LAZY_NOTE",
+    "MAX_WARNINGS", "Example", "RunData", "ToolSummary", "load_run", "plot_deltas", "plot_failures",
+    "plot_kept", "render_html", "render_markdown", "report", "write_report",
+    "_bins", "_cut", "_plot_range",  # private, imported by the tests
+]
+
 
 log = logging.getLogger(__name__)
 
@@ -298,382 +309,6 @@ def _example(tool: str, rec: dict, originals: dict[str, str]) -> Example:
             after = _cut(after, CONTEXT_AFTER, from_end=False) + "…"
     return Example(tool, doc_id, float(rec["delta"]), _number(rec.get("loss_plus")),
                    _number(rec.get("loss_minus")), call, before, after, original is not None)
-
-
-# ---------------------------------------------------------------------------------------------
-# Plots (matplotlib's object API with the Agg canvas: no pyplot global state, no display needed)
-
-
-def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def plot_kept(data: RunData) -> bytes:
-    """Grouped bars per tool: executed candidates and kept calls, with the counts on top."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    names = list(data.tools)
-    fig = Figure(figsize=(max(5.0, 1.3 * len(names) + 2), 3.6))
-    ax = fig.add_subplot()
-    xs = range(len(names))
-    executed = [data.tools[n].executed for n in names]
-    kept = [data.tools[n].kept for n in names]
-    bars = ax.bar([x - 0.2 for x in xs], executed, width=0.4, color="#b0b7c3", label="executed candidates")
-    ax.bar_label(bars, padding=2, fontsize=9, color="#555555")
-    bars = ax.bar([x + 0.2 for x in xs], kept, width=0.4, color="#2a9d8f", label="kept (L⁻ − L⁺ ≥ τf)")
-    ax.bar_label(bars, padding=2, fontsize=9)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xticks(list(xs), names)
-    ax.set_ylabel("calls")
-    ax.set_title("Kept calls per tool")
-    ax.set_ylim(0, max(executed + kept + [1]) * 1.15)
-    ax.legend(frameon=False, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))  # never on a bar
-    ax.spines[["top", "right"]].set_visible(False)
-    return _png(fig)
-
-
-def _plot_range(values: list[float]) -> tuple[float, float]:
-    """Min and max, narrowed to 3 interquartile ranges beyond the quartiles (outliers lie outside)."""
-    s = sorted(values)
-    if len(s) < 20:
-        return s[0], s[-1]
-    q1, q3 = s[len(s) // 4], s[(3 * len(s)) // 4]
-    spread = 3 * max(q3 - q1, 1e-6)
-    return max(s[0], q1 - spread), min(s[-1], q3 + spread)
-
-
-def _bins(lo: float, hi: float, tau: float | None, n: int = 30) -> list[float]:
-    """``n`` equal bins over [lo, hi], shifted so that τf is a bin edge (no bar straddles it)."""
-    if tau is not None:
-        lo, hi = min(lo, tau), max(hi, tau)
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
-    width = (hi - lo) / n
-    if tau is not None:
-        lo = tau - math.ceil((tau - lo) / width - 1e-9) * width
-        hi = max(hi, tau + width)  # values at or above τf get a bin right of the line
-    count = math.ceil((hi - lo) / width - 1e-9)
-    return [lo + width * i for i in range(count + 1)]
-
-
-def plot_deltas(data: RunData) -> bytes | None:
-    """One histogram of L⁻ − L⁺ per tool; bars at or above τf (kept) coloured, τf as a dashed line."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    names = [n for n, t in data.tools.items() if t.deltas]
-    if not names:
-        return None
-    cols = min(2, len(names))
-    rows = math.ceil(len(names) / cols)
-    fig = Figure(figsize=(5.2 * cols, 3.3 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, name in zip(axes, names, strict=False):  # axes may outnumber tools
-        t = data.tools[name]
-        tau = t.threshold
-        bins = _bins(*_plot_range(t.deltas), tau)
-        # Outliers go into the edge bins, so a few extreme values do not squash the plot.
-        clipped = [min(max(d, bins[0]), bins[-1]) for d in t.deltas]
-        outliers = sum(c != d for c, d in zip(clipped, t.deltas, strict=True))
-        below = [d for d in clipped if tau is None or d < tau]
-        above = [d for d in clipped if tau is not None and d >= tau]
-        ax.hist(below, bins=bins, color="#b0b7c3", label="rejected (< τf)")
-        if above:
-            ax.hist(above, bins=bins, color="#2a9d8f", label="kept (≥ τf)")
-        if tau is not None:
-            ax.axvline(tau, color="#e76f51", linestyle="--", linewidth=1.5, label=f"τf = {tau:g}")
-        ax.axvline(0, color="#444444", linewidth=0.6)
-        ax.set_title(f"{name}: {len(above)} of {len(t.deltas)} at or above τf", fontsize=10, pad=20)
-        note = f"\n({outliers} outliers counted in the edge bins)" if outliers else ""
-        ax.set_xlabel("L⁻ − L⁺ (loss reduction from the call and its result)" + note)
-        ax.set_ylabel("candidates")
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        # above the plot, under the title: inside it would cover bars or the τf line
-        ax.legend(frameon=False, fontsize=8, loc="lower left", bbox_to_anchor=(0, 1), ncols=3,
-                  borderaxespad=0.2)
-        ax.spines[["top", "right"]].set_visible(False)
-    for ax in axes[len(names):]:
-        ax.set_visible(False)
-    return _png(fig)
-
-
-def plot_failures(data: RunData) -> bytes | None:
-    """Horizontal stacked bars: failed calls per tool, one colour per reason."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    if not data.failures:
-        return None
-    names = sorted({tool for tool, _ in data.failures})
-    reasons = sorted({reason for _, reason in data.failures})
-    fig = Figure(figsize=(6.5, 0.6 * len(names) + 1.6), layout="constrained")
-    ax = fig.add_subplot()
-    left = [0] * len(names)
-    most = max(sum(n for (tool, _), n in data.failures.items() if tool == name) for name in names)
-    colours = ["#e76f51", "#f4a261", "#e9c46a", "#8ab17d", "#287271", "#6d597a", "#b56576", "#355070"]
-    for i, reason in enumerate(reasons):
-        counts = [data.failures.get((n, reason), 0) for n in names]
-        bars = ax.barh(names, counts, left=left, color=colours[i % len(colours)], label=reason)
-        # Label only segments wide enough to hold their number.
-        labels = [str(c) if c >= 0.04 * most else "" for c in counts]
-        ax.bar_label(bars, labels=labels, label_type="center", fontsize=9)
-        left = [a + b for a, b in zip(left, counts, strict=True)]
-    ax.invert_yaxis()
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("failed calls (dropped)")
-    ax.set_title("Tool failures per tool and reason")
-    ax.legend(frameon=False, fontsize=8, title="reason", loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.spines[["top", "right"]].set_visible(False)
-    return _png(fig)
-
-
-# ---------------------------------------------------------------------------------------------
-# Rendering
-
-
-def _pct(part: int, whole: int) -> str:
-    return f"{100 * part / whole:.1f}%" if whole else "–"
-
-
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
-
-
-def _median(values: list[float]) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    mid = len(s) // 2
-    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
-
-
-def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    rows = []
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            rows.extend(_flatten(value, name + "."))
-        else:
-            rows.append((name, value))
-    return rows
-
-
-def _tables(data: RunData) -> dict[str, tuple[list[str], list[list[str]]]]:
-    """Every table of the report as (header, rows) of strings: Markdown and HTML show the same."""
-    tables = {}
-    rows = []
-    tot = list(data.tools.values())
-    # A column for candidates dropped before execution only in runs that have them.
-    drop = (lambda n: [str(n)]) if any(t.dropped for t in tot) else (lambda n: [])
-    for name, t in data.tools.items():
-        rows.append([name, str(t.candidates), *drop(t.dropped), str(t.failed), str(t.executed), str(t.kept),
-                     _pct(t.kept, t.executed), _fmt(t.threshold), _fmt(_median(t.deltas)),
-                     _fmt(max(t.deltas) if t.deltas else None), str(t.inserted)])
-    executed = sum(t.executed for t in tot)
-    kept = sum(t.kept for t in tot)
-    rows.append(["all", str(data.n_candidates), *drop(sum(t.dropped for t in tot)),
-                 str(sum(t.failed for t in tot)), str(executed), str(kept), _pct(kept, executed), "", "", "",
-                 str(sum(t.inserted for t in tot))])
-    tables["kept"] = (["tool", "candidates", *drop("dropped before execution"), "failed", "executed",
-                       "kept", "kept / executed", "τf", "median L⁻ − L⁺", "max L⁻ − L⁺", "calls in texts"],
-                      rows)
-    tables["failures"] = (["tool", "reason", "failed calls", "share of the tool's candidates"], [
-        [tool, reason, str(n), _pct(n, data.tools[tool].candidates)]
-        for (tool, reason), n in sorted(data.failures.items())])
-    tables["dead_letters"] = (["stage", "reason", "records"], [
-        [stage, reason, str(n)] for (stage, reason), n in sorted(data.dead_letters.items())])
-    tables["stats"] = (["statistic", "value"], [
-        [key, json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value]
-        for key, value in _flatten(data.stats)])
-    return tables
-
-
-def _summary_lines(data: RunData) -> list[str]:
-    lines = [f"Run directory: {data.run_dir}"]
-    if not data.complete:
-        lines.append("Warning: no _SUCCESS marker: the run is incomplete or still running; counts are "
-                     "partial.")
-    lines.append(f"Documents in texts: {data.documents} ({data.documents_with_calls} with at least one "
-                 "call).")
-    executed = sum(t.executed for t in data.tools.values())
-    kept = sum(t.kept for t in data.tools.values())
-    dropped = sum(t.dropped for t in data.tools.values())
-    dropped = f"dropped before execution: {dropped}; " if dropped else ""
-    lines.append(f"Candidates: {data.n_candidates}; {dropped}executed: {executed}; kept: {kept} "
-                 f"({_pct(kept, executed)} "
-                 "of executed).")
-    return lines
-
-
-DROP_REASONS = {"ungrounded": "the call's input is not in the text before it, an answer from the future"}
-
-
-def _drops_line(data: RunData) -> str | None:
-    """What the candidates dropped before execution were, per tool and reason (None if none)."""
-    if not data.drops:
-        return None
-    parts = [f"{tool} {n} ({reason}" + (f": {DROP_REASONS[reason]})" if reason in DROP_REASONS else ")")
-             for (tool, reason), n in sorted(data.drops.items())]
-    return ("Dropped before execution (recorded in candidates-*.jsonl, never executed, filtered or kept): "
-            + "; ".join(parts) + ".")
-
-
-LAZY_NOTE = ("This run used lazy_filter: a call rejected without computing L(call without result) shows "
-             "L⁻ = L(ε), an upper bound, so its L⁻ − L⁺ is an upper bound too (it lies below τf either "
-             "way).")
-
-
-EMPTY_MESSAGE = ("This run has no candidate calls: no position passed the sampling threshold τs, or no "
-                 "document was accepted by any tool's heuristic. Lower τs or raise k/m for small models "
-                 "(see METHOD.md), or check the input documents.")
-
-
-# Characters that would turn data into emphasis, code, links, HTML or table cells.
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<|"})
-
-
-def _md(text: str) -> str:
-    """Document text as literal Markdown (no emphasis, links or HTML from the data)."""
-    return re.sub(r"\s+", " ", text).translate(_MD_SPECIAL)
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
-    return out + [""]
-
-
-def render_markdown(data: RunData, images: dict[str, str]) -> str:
-    tables = _tables(data)
-    out = ["# Augmentation report", ""]
-    out += [line + "  " for line in _summary_lines(data)] + [""]
-    if data.warnings:
-        out += [f"Skipped {data.skipped} malformed record(s):", ""]
-        out += [f"- {_md(w)}" for w in data.warnings] + [""]
-    if not data.n_candidates:
-        out += [EMPTY_MESSAGE, ""]
-    else:
-        out += ["## Kept calls per tool", ""]
-        out += _md_table(*tables["kept"])
-        if (drops := _drops_line(data)) is not None:
-            out += [_md(drops), ""]
-        out += [f"![Kept calls per tool]({images['kept']})", ""]
-        out += ["## Distribution of L⁻ − L⁺ per tool", "",
-                "A call is kept when L⁻ − L⁺ ≥ τf (dashed line): the call and its result reduce the loss "
-                "of the following tokens by at least τf compared with no call or the call without result.",
-                ""]
-        if data.lazy_filter:
-            out += [_md(LAZY_NOTE), ""]
-        if "deltas" in images:
-            out += [f"![L⁻ − L⁺ per tool]({images['deltas']})", ""]
-        else:
-            out += ["No executed candidates: every call failed.", ""]
-        out += ["## Best examples per tool", ""]
-        if not data.examples:
-            out += ["No call was kept.", ""]
-        for tool, examples in data.examples.items():
-            out += [f"### {tool}", ""]
-            for ex in examples:
-                out += [f"Document `{ex.doc_id}`, L⁻ − L⁺ = {ex.delta:.2f} (L⁺ = {_fmt(ex.loss_plus)}, "
-                        f"L⁻ = {_fmt(ex.loss_minus)}):", ""]
-                if ex.found:
-                    # " " + call at the position: exactly how the pipeline inserts a call.
-                    out += [f"> {_md(ex.before)} **{_md(ex.call)}**{_md(ex.after)}", ""]
-                else:
-                    out += [f"> **{_md(ex.call)}** (the document's text is not in texts-\\*.jsonl)", ""]
-    out += ["## Tool failures", ""]
-    if data.failures:
-        out += _md_table(*tables["failures"])
-        out += [f"![Tool failures]({images['failures']})", ""]
-    else:
-        out += ["No tool call failed.", ""]
-    out += ["### Dead letters (errors-*.jsonl)", ""]
-    out += _md_table(*tables["dead_letters"]) if data.dead_letters else ["None.", ""]
-    out += ["## Run statistics (stats.json)", ""]
-    out += _md_table(*tables["stats"]) if data.stats else ["No stats.json in this run.", ""]
-    return "\n".join(out)
-
-
-_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f1f3f5; }
-img { max-width: 100%; }
-blockquote { border-left: 4px solid #2a9d8f; margin: 0.5em 0 1.2em; padding: 0.4em 1em; background: #f8f9fa;
-             white-space: pre-wrap; }
-mark.call { background: #ffe08a; padding: 0 0.15em; border-radius: 3px;
-            font-family: ui-monospace, monospace; }
-.warn { color: #9c2c13; }
-"""
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def render_html(data: RunData, pngs: dict[str, bytes]) -> str:
-    """The report as one HTML file; the plots are embedded as data URIs so it can be sent alone."""
-    e = html.escape
-    tables = _tables(data)
-
-    def img(key: str, alt: str) -> str:
-        return f'<img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(pngs[key]).decode()}">'
-
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           "<title>Augmentation report</title>", f"<style>{_CSS}</style></head><body>",
-           "<h1>Augmentation report</h1>"]
-    out += [f"<p>{e(line)}</p>" for line in _summary_lines(data)]
-    if data.warnings:
-        out.append(f'<p class="warn">Skipped {data.skipped} malformed record(s):</p><ul class="warn">')
-        out += [f"<li>{e(w)}</li>" for w in data.warnings] + ["</ul>"]
-    if not data.n_candidates:
-        out.append(f"<p><strong>{e(EMPTY_MESSAGE)}</strong></p>")
-    else:
-        out += ["<h2>Kept calls per tool</h2>", _html_table(*tables["kept"])]
-        if (drops := _drops_line(data)) is not None:
-            out.append(f"<p>{e(drops)}</p>")
-        out.append(img("kept", "Kept calls per tool"))
-        out += ["<h2>Distribution of L⁻ − L⁺ per tool</h2>",
-                "<p>A call is kept when L⁻ − L⁺ ≥ τf (dashed line).</p>"]
-        if data.lazy_filter:
-            out.append(f"<p>{e(LAZY_NOTE)}</p>")
-        out.append(img("deltas", "L⁻ − L⁺ per tool") if "deltas" in pngs
-                   else "<p>No executed candidates: every call failed.</p>")
-        out.append("<h2>Best examples per tool</h2>")
-        if not data.examples:
-            out.append("<p>No call was kept.</p>")
-        for tool, examples in data.examples.items():
-            out.append(f"<h3>{e(tool)}</h3>")
-            for ex in examples:
-                out.append(f"<p>Document <code>{e(ex.doc_id)}</code>, L⁻ − L⁺ = {ex.delta:.2f} "
-                           f"(L⁺ = {_fmt(ex.loss_plus)}, L⁻ = {_fmt(ex.loss_minus)}):</p>")
-                call = f'<mark class="call">{e(ex.call)}</mark>'
-                if ex.found:
-                    out.append(f"<blockquote>{e(ex.before)} {call}{e(ex.after)}</blockquote>")
-                else:
-                    out.append(f"<blockquote>{call} (the document's text is not in "
-                               "texts-*.jsonl)</blockquote>")
-    out.append("<h2>Tool failures</h2>")
-    if data.failures:
-        out += [_html_table(*tables["failures"]), img("failures", "Tool failures")]
-    else:
-        out.append("<p>No tool call failed.</p>")
-    out.append("<h3>Dead letters (errors-*.jsonl)</h3>")
-    out.append(_html_table(*tables["dead_letters"]) if data.dead_letters else "<p>None.</p>")
-    out.append("<h2>Run statistics (stats.json)</h2>")
-    out.append(_html_table(*tables["stats"]) if data.stats else "<p>No stats.json in this run.</p>")
-    out.append("</body></html>")
-    return "\n".join(out)
 
 
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
