@@ -64,109 +64,52 @@ its whole partition before the next one starts, so the unit journal (FinishUnit)
 partition (when its model work is done), not unit by unit as the in-process runner streams it; a
 resumed part redoes the partitions that had not reached FinishUnit. More partitions
 (``--dask_npartitions``) journal in smaller steps but give the model smaller batches.
+
+Layout: the flags and the local cluster (the launcher's side) are in :mod:`pipelines.dask_cluster`,
+what runs on the workers (bundles, set-up DoFn pools, worker logging) in
+:mod:`pipelines.dask_worker`; their public names are importable from this module as well.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import threading
-import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.pipeline import PipelineVisitor, PTransformOverride
-from apache_beam.runners.common import Receiver
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
+from pipelines.dask_cluster import (
+    ALIASES,
+    INSTALL_HINT,
+    RUNNER,
+    check_flags,
+    cluster,
+    is_dask,
+    join_flag_values,
+    runner_args,
+)
+from pipelines.dask_worker import (
+    _LOGGERS,
+    NAMESPACE,
+    _concat,
+    _grouped,
+    _key_of,
+    _metrics_only,
+    _release_run,
+    _run_bundle,
+    _select,
+    _worker_logging,
+)
 from toolformer.errors import UserError
 
+__all__ = [
+    "ALIASES", "INSTALL_HINT", "NAMESPACE", "RUNNER", "DaskResult", "check_flags", "cluster", "is_dask",
+    "join_flag_values", "runner_args", "runner_class",
+]  # fmt: skip (and DaskRunner, made on first use: module __getattr__ below)
+
 log = logging.getLogger(__name__)
-
-RUNNER = "pipelines.dask_runner.DaskRunner"  # what --runner dask / DaskRunner becomes
-ALIASES = ("dask", "daskrunner", "apache_beam.runners.dask.dask_runner.daskrunner")
-NAMESPACE = "dask_runner"  # this runner's own counters (setups, bundles); never in stats.json
-INSTALL_HINT = "the Dask runner needs dask and distributed: pip install 'dask[distributed]>=2024.4.2'"
-
-
-# --- Flags (the launcher's side) --------------------------------------------------------------
-
-
-def join_flag_values(args: list[str]) -> list[str]:
-    """``--name value`` as ``--name=value`` (a value is a token not starting with ``-`` right
-    after a flag without ``=``), so ``--runner dask`` and ``--dask_client_address HOST:PORT``
-    read as their ``=`` forms do."""
-    out: list[str] = []
-    for a in args:
-        if out and not a.startswith("-") and out[-1].startswith("--") and "=" not in out[-1]:
-            out[-1] = f"{out[-1]}={a}"
-        else:
-            out.append(a)
-    return out
-
-
-def runner_args(args: list[str]) -> list[str]:
-    """``args`` with ``--runner dask`` (or ``DaskRunner``) naming :class:`DaskRunner`."""
-    out = []
-    for a in join_flag_values(args):
-        name, sep, value = a.partition("=")
-        if name == "--runner" and sep and value.lower() in ALIASES:
-            a = f"--runner={RUNNER}"
-        out.append(a)
-    return out
-
-
-def is_dask(args: list[str]) -> bool:
-    return f"--runner={RUNNER}" in runner_args(args)
-
-
-def _has_cluster(args: list[str]) -> bool:
-    names = {a.partition("=")[0] for a in join_flag_values(args)}
-    return bool(names & {"--dask_client_address", "--dask_scheduler_file"})
-
-
-def check_flags(args: list[str], workers: int | None) -> None:
-    """Refuse what cannot work, before anything runs: ``--dask-workers`` without ``--runner
-    dask`` or beside a cluster address; the Dask runner without dask installed."""
-    if workers is not None and workers < 1:
-        raise UserError(f"--dask-workers {workers}: must be at least 1")
-    if not is_dask(args):
-        if workers is not None:
-            raise UserError("--dask-workers needs --runner dask")
-        return
-    if workers is not None and _has_cluster(args):
-        raise UserError("--dask-workers starts a local cluster; it cannot go with --dask_client_address "
-                        "or --dask_scheduler_file (which join a running one)")
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        raise UserError(INSTALL_HINT) from None
-
-
-@contextlib.contextmanager
-def cluster(args: list[str], workers: int | None, needed: bool = True) -> Iterator[list[str]]:
-    """The pipeline arguments for the run: where the Dask runner has no cluster to join, a
-    ``LocalCluster`` of ``workers`` processes (default: one per CPU) of one thread each is started
-    for the whole run (every part joins it) and closed after; the arguments then name it."""
-    if not needed or not is_dask(args) or _has_cluster(args):
-        yield list(args)
-        return
-    import distributed
-
-    n = workers or os.cpu_count() or 1
-    t0 = time.perf_counter()
-    with distributed.LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as local:
-        log.info("dask: local cluster of %d worker processes at %s (%.1f s to start)",
-                 n, local.scheduler_address, time.perf_counter() - t0)
-        yield [*args, f"--dask_client_address={local.scheduler_address}"]
-
-
-# --- The runner -------------------------------------------------------------------------------
 
 
 def _overrides() -> list[PTransformOverride]:
@@ -391,159 +334,3 @@ class _Translator(PipelineVisitor):
             self.bags[pcoll] = raw.map_partitions(_select, tag)
         self.bundle_metrics.append(raw.map_partitions(_metrics_only))
 
-
-# --- On the workers ---------------------------------------------------------------------------
-
-
-class _BundleMetrics:
-    """The cumulative metric updates of one bundle (one task), among its outputs."""
-
-    def __init__(self, updates):
-        self.updates = updates
-
-
-def _key_of(kv):
-    return kv[0]
-
-
-def _grouped(keyed):
-    key, kvs = keyed
-    return key, [v for _, v in kvs]
-
-
-def _concat(lists):
-    return [x for part in lists for x in part]
-
-
-def _select(part, tag):
-    return [x[1] for x in part if not isinstance(x, _BundleMetrics) and x[0] == tag]
-
-
-def _metrics_only(part):
-    return [x for x in part if isinstance(x, _BundleMetrics)]
-
-
-_LOGGERS = ("toolformer.progress",)  # the launcher's level for these reaches the workers' logs
-
-
-def _worker_logging(names: tuple[str, ...], level: int) -> None:
-    """On a worker: these loggers at the launcher's level, printed to the worker's stderr (a Dask
-    worker configures logging for ``distributed`` only; the rest goes nowhere below WARNING)."""
-    for name in names:
-        logger = logging.getLogger(name)
-        logger.setLevel(level)
-        if not logger.handlers:
-            handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            logger.addHandler(handler)
-            logger.propagate = False
-
-
-_lock = threading.Lock()
-_idle: dict[tuple[str, str], list[tuple]] = {}  # set-up steps (DoFn first) not in a bundle now
-_released: set[str] = set()  # runs torn down (a straggling bundle's instance is torn down too)
-_options_set: set[str] = set()
-
-
-def _release_run(run_id: str) -> int:
-    """On a worker, at the end of a run: tear down the run's idle DoFn instances."""
-    with _lock:
-        _released.add(run_id)
-        _options_set.discard(run_id)
-        fns = [step[0] for key in [k for k in _idle if k[0] == run_id] for step in _idle.pop(key)]
-    for fn in fns:
-        _teardown(fn)
-    return len(fns)
-
-
-def _teardown(fn) -> None:
-    try:
-        fn.teardown()
-    except Exception as e:  # noqa: BLE001 - Beam's teardown is best effort too
-        log.warning("dask: teardown of %s failed: %s", type(fn).__name__, e)
-
-
-class _Receiver(Receiver):
-    def __init__(self, tag, out: list):
-        super().__init__()
-        self.tag, self.out = tag, out
-
-    def receive(self, windowed_value):
-        self.out.append((self.tag, windowed_value.value))
-
-
-class _Receivers(dict):
-    def __init__(self, out: list):
-        super().__init__()
-        self.out = out
-
-    def __missing__(self, tag):
-        r = self[tag] = _Receiver(tag, self.out)
-        return r
-
-
-def _run_bundle(items, key, spec: bytes, *sides) -> list:
-    """One bundle (a bag partition) through one ParDo: outputs as ``(tag, value)``, then the
-    bundle's metrics. The DoFn instance is a set-up one of this process when one is idle."""
-    from apache_beam.internal import pickler
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.metrics.execution import MetricsContainer
-    from apache_beam.metrics.metricbase import MetricName
-    from apache_beam.runners.common import DoFnRunner, DoFnState
-    from apache_beam.runners.worker import statesampler
-    from apache_beam.transforms.sideinputs import SideInputMap
-    from apache_beam.transforms.window import GlobalWindows
-    from apache_beam.utils import counters
-
-    run_id, label = key
-    with _lock:
-        pool = _idle.get(key)
-        cached = pool.pop() if pool else None
-    fresh = cached is None
-    # an instance of its own for each thread: a fresh copy of the step, or an idle set-up one
-    step = pickler.loads(spec) if fresh else cached
-    fn, args, kwargs, views, windowing, options = step
-    with _lock:
-        first = run_id not in _options_set
-        _options_set.add(run_id)
-    if first:
-        FileSystems.set_options(options)
-    out: list = []
-    side_maps = [
-        SideInputMap(view, opts, [GlobalWindows.windowed_value(v) for v in values])
-        for (view, opts), values in zip(views, sides)
-    ]
-    container = MetricsContainer(label)
-    sampler = statesampler.StateSampler(label, counters.CounterFactory())
-    before = statesampler.get_current_tracker()
-    statesampler.set_current_tracker(sampler)
-    runner = None
-    try:
-        with sampler.scoped_state(label, "process", metrics_container=container):
-            runner = DoFnRunner(
-                fn, args, kwargs, side_maps, windowing, tagged_receivers=_Receivers(out),
-                step_name=label, state=DoFnState(counters.CounterFactory()),
-            )
-            if fresh:
-                runner.setup()
-                container.get_counter(MetricName(NAMESPACE, "setups")).inc()
-            container.get_counter(MetricName(NAMESPACE, "bundles")).inc()
-            runner.start()
-            for item in items:
-                runner.process(GlobalWindows.windowed_value(item))
-            runner.finish()
-    except BaseException:
-        # A failed bundle's instance is not reused (Beam tears it down as well).
-        if runner is not None:
-            _teardown(fn)
-        raise
-    finally:
-        statesampler.set_current_tracker(before)
-    with _lock:
-        done = run_id in _released
-        if not done:
-            _idle.setdefault(key, []).append(step)
-    if done:
-        _teardown(fn)
-    out.append(_BundleMetrics(container.get_cumulative()))
-    return out

@@ -4,7 +4,7 @@ writing what fits, as on a full disk; tests/reliability/resource_victim.py).
 
 * ``toolformer augment``, the limit hit while writing the per-part journal, the output shards
   (JSONL and Parquet, in the runner's temporary folders) and a part's done-marker;
-* ``toolformer index`` (tools/wikisearch.py), while writing the passage texts and the postings;
+* ``toolformer index`` (tools/bm25_index.py), while writing the passage texts and the postings;
 * ``toolformer finetune``, while writing checkpoint-20 and while writing the final model.
 
 Each time: exit status 4 and one line naming the file and "file too large", no traceback; nothing
