@@ -38,6 +38,13 @@ The decode loop, as in the paper (section "Inference", METHOD.md "Decoding with 
   Tools run synchronously between two forward passes, so a row waiting on a tool holds the others
   exactly as long as the tool takes.
 
+Streaming (one prompt): :meth:`ToolGenerator.tokens` yields a :class:`TokenEvent` for each decision
+as it is made -- a token appended, the result ids injected at an arrow, a failed call taken back --
+and :meth:`ToolGenerator.stream` the text, a call held back until it has run and shown with its
+result in one piece. Both decode only a short window of the latest tokens per step
+(:mod:`toolformer.detokenize`), so streaming N tokens costs O(N) decoding. The loop's bookkeeping
+(rows, cache, calls, rollbacks) is in :mod:`toolformer.decoding`.
+
 Differences from the paper: the markers are ordinary text (`` [``, ``]``, ``->``) rather than new
 tokens, and ``max_new_tokens`` counts the tokens that stay in the output (injected result tokens
 included, rolled-back call tokens not); a completed call may run past it by its result span.
@@ -47,24 +54,31 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from toolformer.call_format import (
-    DEFAULT_FORMAT,
-    UNTERMINATED,
-    CallFormat,
-    load_call_format,
-    parse_calls,
-    strip_calls,
-)
 from toolformer.cache_api import cache_keyword, output_cache  # noqa: F401  (re-exported)
+from toolformer.call_format import DEFAULT_FORMAT, CallFormat, load_call_format, strip_calls
+from toolformer.decoding import (
+    _INVALID,
+    _OPEN,
+    _READY,
+    ROLLBACK,
+    TOKEN,
+    CallRecord,
+    DecodeLoop,
+    _open_call_state,
+    _Row,
+)
+from toolformer.detokenize import IncrementalText
 from toolformer.errors import OutOfMemory, free_memory, is_out_of_memory
-from toolformer.execution import CallContext, Executor, ToolOutcome
+from toolformer.execution import CallContext, Executor
+
+__all__ = ["CallRecord", "GenerationConfig", "GenerationOutput", "TokenEvent", "ToolGenerator",
+           # re-exported: the cache helpers and the open-call states (toolformer.decoding)
+           "cache_keyword", "output_cache", "_open_call_state", "_OPEN", "_READY", "_INVALID"]
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +118,6 @@ class GenerationConfig:
 
 
 @dataclass
-class CallRecord:
-    """One executed call: ``result`` on success, ``error`` (the tool's reason) when rolled back."""
-
-    tool: str
-    input: str
-    result: str | None
-    error: str | None
-
-
-@dataclass
 class GenerationOutput:
     prompt: str
     text: str  # the completion (without the prompt) with calls and results shown
@@ -123,66 +127,30 @@ class GenerationOutput:
     abandoned_calls: int = 0  # calls dropped before execution (never reached the arrow, malformed)
 
 
-# States of an open call (see _open_call_state).
-_OPEN, _READY, _INVALID = "open", "ready", "invalid"
+@dataclass(frozen=True)
+class TokenEvent:
+    """One decision of the decode loop, as :meth:`ToolGenerator.tokens` yields it.
 
+    ``kind`` is ``"token"`` (one id appended to the completion), ``"result"`` (the ids of
+    ``" " + result + "]"`` injected after a call's arrow: :meth:`ToolGenerator.result_ids`) or
+    ``"rollback"`` (a failed call's ids -- each of them came in an earlier ``"token"`` event -- taken
+    off the end of the completion). ``text`` is the text the ids add, or for a rollback the text the
+    retracted events had added (``shown = shown[:len(shown) - len(event.text)]``). A token's text can
+    be ``""`` and come with the next token (half of a multi-byte character). ``in_call``: the token
+    belongs to an open call (from `` [`` to the arrow), which a ``"result"`` completes or a
+    ``"rollback"`` removes.
 
-def _open_call_state(text: str, fmt: CallFormat = DEFAULT_FORMAT):
-    """Classify the text the model has written since the call-opening marker (``text`` starts with it).
-
-    Returns ``(_OPEN, None)`` while the call may still become valid, ``(_READY, call)`` when it ends
-    with the arrow (``call`` is the parsed, unterminated call with result ``''``), and
-    ``(_INVALID, None)`` when it can no longer be a call that reaches the arrow.
+    Applied in order, the texts give the decoded completion (``stop_at_newline`` does not cut them),
+    except a trailing incomplete character.
     """
-    if text.endswith("\ufffd"):  # half of a multi-byte character (e.g. "→"): wait for the rest
-        return _OPEN, None
-    calls = parse_calls(text, fmt, no_input_tools=())
-    if calls and calls[0].span[0] == 0:
-        call = calls[0]
-        if call.status == UNTERMINATED and call.span[1] == len(text):
-            if call.result is None:
-                return _OPEN, None  # still in the input, or between ")" and the arrow
-            if call.result == "":
-                return _READY, call
-            return _INVALID, None  # one token ran past the arrow into a result of the model's own
-        # An arrow split over tokens ("-" then ">") reads as malformed until its second half comes.
-        for arrow in fmt.arrows:
-            for cut in range(1, len(arrow)):
-                if text.endswith(arrow[:cut]):
-                    state, _ = _open_call_state(text + arrow[cut:], fmt)
-                    if state == _READY:
-                        return _OPEN, None
-        return _INVALID, None
-    if re.fullmatch(re.escape(fmt.start) + r"[A-Za-z_][A-Za-z0-9_]*|" + re.escape(fmt.start), text):
-        return _OPEN, None  # the tool name is still being written
-    return _INVALID, None
+
+    kind: str  # "token" | "result" | "rollback"
+    ids: tuple[int, ...]
+    text: str
+    in_call: bool = False
 
 
-@dataclass
-class _Row:
-    """Decoding state of one prompt. ``out[i]`` sits at position ``n_prompt + i``."""
-
-    index: int  # position in the caller's prompt list
-    prompt: str
-    context: CallContext
-    n_prompt: int  # prompt tokens (without padding)
-    out: list[int] = field(default_factory=list)  # completion ids kept in the output
-    cols: list[int] = field(default_factory=list)  # cache column of each fed token of `out`
-    holes: list[int] = field(default_factory=list)  # cache columns of a rolled-back call, to mask
-    prompt_ids: list[int] = field(default_factory=list)
-    call_start: int | None = None  # index in `out` of the open call's " [" token
-    call_scores: torch.Tensor | None = None  # next-token scores where the call started
-    attempts: int = 0
-    calls: list[CallRecord] = field(default_factory=list)
-    abandoned: int = 0
-    done: bool = False
-
-    @property
-    def fed(self) -> int:
-        return len(self.cols)
-
-
-class ToolGenerator:
+class ToolGenerator(DecodeLoop):
     """Greedy (or sampled) decoding that runs tools inline. See the module docstring for the loop.
 
     Args:
@@ -228,9 +196,10 @@ class ToolGenerator:
         self._split_special = bool(tokenizer.all_special_tokens)
         self.device = next(model.parameters()).device
         self._cache_kw = cache_keyword(model)
-        self.tool_seconds = 0.0  # time spent in tools by the last generate()/stream()
+        self.tool_seconds = 0.0  # time spent in tools by the last generate()/stream()/tokens()
         self.oom_retries = 0  # batches the last generate() decoded again, halved, after running out of memory
-        self.last_output: GenerationOutput | None = None  # the last stream()'s full output
+        self.last_output: GenerationOutput | None = None  # the last stream()'s or tokens()'s full output
+        self.last_decoded_tokens = 0  # token ids the last tokens()/stream() decoded to make its text
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -300,31 +269,68 @@ class ToolGenerator:
                            f"{self.config.max_new_tokens} new), {first}; shorten the prompt, lower "
                            "--max-new-tokens or use a device with more memory")
 
-    def stream(self, prompt: str, context: CallContext | None = None) -> Iterator[str]:
-        """Yield the completion of ``prompt`` piece by piece as it is decoded.
+    def tokens(self, prompt: str, context: CallContext | None = None) -> Iterator[TokenEvent]:
+        """Yield a :class:`TokenEvent` for each token of the completion of ``prompt`` as it is decided.
 
-        A call is held back while it is being written and appears as one piece, with its result,
-        once it has run (a rolled-back call never appears). The full output is then in
-        :attr:`last_output`.
+        Example (a call that runs, then text)::
+
+            TokenEvent("token", (api,), " [", in_call=True), ... TokenEvent("token", (arrow,), " ->", True),
+            TokenEvent("result", gen.result_ids(" 0.29"), " 0.29]"), TokenEvent("token", (t,), " 29", False)
+
+        and a call whose tool fails: its ``"token"`` events, then ``TokenEvent("rollback", <their ids>,
+        <their text>)``, then the token chosen with `` [`` masked. Each step decodes a window of a few
+        tokens (:class:`~toolformer.detokenize.IncrementalText`): linear in the length. The full
+        output is then in :attr:`last_output`.
         """
         self.tool_seconds = 0.0
         self._check([prompt])
         (row,) = rows = self._start_rows([(0, prompt, self._contexts(context, 1)[0])])
-        shown = ""
+        row.log = []
+        text = IncrementalText(self._text)
+        self.last_decoded_tokens = 0
         for _ in self._decode_one(rows, self._sampler()):
-            settled = row.out if row.call_start is None else row.out[:row.call_start]
-            text = self._text(settled)
-            if self.config.stop_at_newline:
-                text = text.split("\n", 1)[0]
-            if text.endswith("\ufffd"):
-                continue  # wait for the rest of a multi-byte character
-            if text.startswith(shown) and len(text) > len(shown):
-                yield text[len(shown):]
-                shown = text
+            events, row.log = row.log, []
+            for kind, ids, in_call in events:
+                piece = text.rollback(len(ids)) if kind == ROLLBACK else text.push(ids)
+                self.last_decoded_tokens = text.decoded_tokens
+                yield TokenEvent(kind, tuple(ids), piece, in_call and kind == TOKEN)
         self.last_output = self._output(row)
-        text = self.last_output.text
-        if text.startswith(shown) and len(text) > len(shown):
-            yield text[len(shown):]
+
+    def stream(self, prompt: str, context: CallContext | None = None) -> Iterator[str]:
+        """Yield the completion of ``prompt`` piece by piece as it is decoded.
+
+        A call is held back while it is being written and appears as one piece, with its result,
+        once it has run (a rolled-back call never appears). The pieces add up to the text of
+        ``generate([prompt], [context])`` (cut at the first newline with ``stop_at_newline``); the
+        full output is then in :attr:`last_output`. Built on :meth:`tokens`: linear in the length.
+        """
+        held: list[str] = []  # the text of the open call
+        shown: list[str] = []
+        cut = False  # stop_at_newline: the newline has been reached
+        for event in self.tokens(prompt, context):
+            if event.kind == ROLLBACK:
+                held.clear()
+                continue
+            if event.in_call:
+                held.append(event.text)
+                continue
+            piece = "".join(held) + event.text  # a result comes with its call
+            held.clear()
+            if cut or not piece:
+                continue
+            if self.config.stop_at_newline and "\n" in piece:
+                piece, cut = piece.split("\n", 1)[0], True
+                if not piece:
+                    continue
+            shown.append(piece)
+            yield piece
+        text, done = self.last_output.text, "".join(shown)
+        if text.startswith(done):
+            if len(text) > len(done):
+                yield text[len(done):]  # a trailing incomplete character, or a last piece held back
+        else:
+            log.debug("stream: the pieces shown are not a prefix of the decoded text (tokenizer %s)",
+                      getattr(self.tokenizer, "name_or_path", "?"))
 
     def _decode_one(self, rows: list[_Row], gen: torch.Generator | None) -> Iterator[None]:
         """:meth:`_decode` of one row: out of memory there is :class:`OutOfMemory` (one line)."""
@@ -339,7 +345,7 @@ class ToolGenerator:
         free_memory()
         raise self._out_of_memory(rows[0], first)
 
-    # ---- the decode loop --------------------------------------------------------------------
+    # ---- helpers -----------------------------------------------------------------------------
 
     def _contexts(self, contexts, n: int) -> list[CallContext]:
         if contexts is None:
@@ -366,184 +372,10 @@ class ToolGenerator:
     def _start_rows(self, items: list[tuple[int, str, CallContext]]) -> list[_Row]:
         return [_Row(index, prompt, ctx, n_prompt=0) for index, prompt, ctx in items]
 
-    @torch.inference_mode()
-    def _decode(self, rows: list[_Row], gen: torch.Generator | None) -> Iterator[None]:
-        """Decode ``rows`` together until each ends; yields after every step (for streaming)."""
-        from transformers import DynamicCache
-
-        enc = self.tokenizer([r.prompt for r in rows], return_tensors="pt", padding=True,
-                             padding_side="left").to(self.device)
-        mask = enc.attention_mask
-        for b, row in enumerate(rows):
-            row.prompt_ids = enc.input_ids[b][mask[b] == 1].tolist()
-            row.n_prompt = len(row.prompt_ids)
-            if row.n_prompt == 0:
-                raise ValueError(f"prompt {row.index} tokenizes to nothing")
-        cache = DynamicCache(config=self.model.config)
-        # Left padding: positions count real tokens only, so a row's logits do not see its padding.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=enc.input_ids, attention_mask=mask, position_ids=positions,
-                            **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1).logits
-        active = list(rows)
-        while True:
-            scores = logits[:, -1, :].float()
-            rolled_back = self._choose(active, scores, gen)
-            yield
-            keep = [b for b, row in enumerate(active) if not row.done]
-            if not keep:
-                return
-            if len(keep) < len(active):  # finished rows leave the batch
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                mask = mask[index]
-                active = [active[b] for b in keep]
-            if rolled_back:
-                mask = self._drop_holes(cache, mask, active)
-            # Feed each row the tokens it has not fed yet, right-aligned; shorter rows get holes.
-            feeds = [row.out[row.fed:] for row in active]
-            width = max(len(f) for f in feeds)
-            cache_len = mask.shape[1]
-            ids, pos, new_mask = [], [], []
-            for row, f in zip(active, feeds):
-                holes = width - len(f)
-                first = row.n_prompt + row.fed
-                ids.append([self.pad_id] * holes + f)
-                pos.append([first] * holes + list(range(first, first + len(f))))
-                new_mask.append([0] * holes + [1] * len(f))
-                row.cols.extend(range(cache_len + holes, cache_len + width))
-            mask = torch.cat([mask, torch.tensor(new_mask, dtype=mask.dtype, device=self.device)], dim=1)
-            logits = self.model(input_ids=torch.tensor(ids, device=self.device), attention_mask=mask,
-                                position_ids=torch.tensor(pos, device=self.device),
-                                **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1).logits
-
-    def _choose(self, active: list[_Row], scores: torch.Tensor, gen: torch.Generator | None) -> bool:
-        """Pick each active row's next token(s) from ``scores`` (B, V); run tools at arrows.
-
-        Returns whether a call was rolled back (the cache may then have a tail to crop).
-        """
-        cfg = self.config
-        if self.logits_processor is not None:
-            scores = self.logits_processor(self._input_ids(active), scores)
-        api = self.api_id
-        # The paper's trigger: " [" is among the top-k, i.e. fewer than k tokens score higher.
-        api_scores = scores[:, api:api + 1]
-        in_top_k = ((scores > api_scores).sum(-1) < cfg.top_k_trigger) & (api_scores[:, 0] > -float("inf"))
-        call_pick = scores.argmax(-1)  # inside a call: greedy, as in the paper
-        text_pick = self._pick(self._mask_api(scores), gen)
-        triggers, call_picks, text_picks = torch.stack([in_top_k.long(), call_pick, text_pick]).tolist()
-        rolled_back = False
-        for b, row in enumerate(active):
-            if row.call_start is not None:
-                rolled_back |= self._continue_call(row, call_picks[b], gen)
-            elif triggers[b] and cfg.use_tools and row.attempts < cfg.max_calls:
-                row.attempts += 1
-                row.call_start = len(row.out)
-                row.call_scores = scores[b].clone()
-                row.out.append(api)
-                if len(row.out) >= cfg.max_new_tokens:  # no room left for the call
-                    row.abandoned += 1
-                    self._roll_back(row, gen)
-                    rolled_back = True
-            else:
-                self._add_text_token(row, text_picks[b])
-        return rolled_back
-
-    def _continue_call(self, row: _Row, token: int, gen: torch.Generator | None) -> bool:
-        """Add a greedy token to the open call; at the arrow run the tool. Returns True on rollback."""
-        cfg = self.config
-        row.out.append(token)
-        written = len(row.out) - row.call_start - 1  # tokens after " ["
-        text = self._text(row.out[row.call_start:])
-        # lstrip: some tokenizers drop the space of " [" when decoding a slice that starts with it
-        call_text = text.lstrip(" ")
-        state, call = (_INVALID, None) if token in self.eos_ids else _open_call_state(call_text, self.fmt)
-        if state == _OPEN and written < cfg.max_call_input_tokens and len(row.out) < cfg.max_new_tokens:
-            return False
-        if state != _READY:  # malformed, or K tokens / the length limit reached before the arrow
-            row.abandoned += 1
-            self._roll_back(row, gen)
-            return True
-        started = time.perf_counter()
-        try:
-            outcome = self.executor.execute(call.tool, call.input, row.context)
-        except Exception as e:  # noqa: BLE001 - tools raise ToolError; a bug in one must not end the batch
-            log.warning("tool %s raised %s on %r; call rolled back", call.tool, type(e).__name__, call.input)
-            outcome = ToolOutcome(None, "internal", str(e))
-        self.tool_seconds += time.perf_counter() - started
-        row.calls.append(CallRecord(call.tool, call.input, outcome.result, outcome.error))
-        if not outcome.ok:
-            self._roll_back(row, gen)
-            return True
-        space = "" if text.endswith(" ") else " "
-        row.out.extend(self.result_ids(space + outcome.result))
-        row.call_start = row.call_scores = None
-        if len(row.out) >= cfg.max_new_tokens:
-            row.done = True
-        return False
-
     def result_ids(self, result: str) -> list[int]:
         """Token ids injected after the arrow: ``result`` (with its leading space) and the closing marker."""
         kwargs = {"split_special_tokens": True} if self._split_special else {}
         return self.tokenizer(result + self.fmt.end, add_special_tokens=False, **kwargs).input_ids
-
-    def _roll_back(self, row: _Row, gen: torch.Generator | None) -> None:
-        """Drop the open call: out of the output, out of attention; continue with " [" masked."""
-        start = row.call_start
-        row.out = row.out[:start]
-        row.holes.extend(row.cols[start:])  # masked (and cropped when at the end) by _drop_holes
-        del row.cols[start:]
-        row.call_start = None
-        scores, row.call_scores = row.call_scores, None
-        self._add_text_token(row, int(self._pick(self._mask_api(scores[None]), gen)[0]))
-
-    def _drop_holes(self, cache, mask: torch.Tensor, active: list[_Row]) -> torch.Tensor:
-        """Mask rolled-back columns; crop cache columns that are holes for every row at the end."""
-        mask = mask.clone()
-        for b, row in enumerate(active):
-            if row.holes:
-                mask[b, row.holes] = 0
-                row.holes.clear()
-        length = mask.shape[1]
-        keep = int(mask.any(0).nonzero().max()) + 1
-        if keep < length:
-            cache.crop(keep - length)
-            mask = mask[:, :keep]
-        return mask
-
-    def _add_text_token(self, row: _Row, token: int) -> None:
-        if token in self.eos_ids:
-            row.done = True
-            return
-        row.out.append(token)
-        full = len(row.out) >= self.config.max_new_tokens
-        row.done = full or (self.config.stop_at_newline and "\n" in self.tokenizer.decode([token]))
-
-    def _mask_api(self, scores: torch.Tensor) -> torch.Tensor:
-        masked = scores.clone()
-        masked[:, self.api_id] = -float("inf")
-        return masked
-
-    def _pick(self, scores: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        """Greedy argmax, or a sample after temperature and top-p (transformers' warpers)."""
-        if not self.config.do_sample:
-            return scores.argmax(-1)
-        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
-
-        if self.config.temperature != 1.0:
-            scores = TemperatureLogitsWarper(self.config.temperature)(None, scores)
-        if self.config.top_p < 1.0:
-            scores = TopPLogitsWarper(self.config.top_p)(None, scores)
-        probs = torch.softmax(scores, dim=-1)
-        return torch.multinomial(probs, 1, generator=gen)[:, 0]
-
-    def _input_ids(self, active: list[_Row]) -> torch.Tensor:
-        """(B, S) real token ids of each row (prompt + completion), left-padded, for logits processors."""
-        seqs = [r.prompt_ids + r.out for r in active]
-        width = max(len(s) for s in seqs)
-        return torch.tensor([[self.pad_id] * (width - len(s)) + s for s in seqs], device=self.device)
-
-    def _text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def _output(self, row: _Row) -> GenerationOutput:
         text = self._text(row.out)
