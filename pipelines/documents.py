@@ -31,21 +31,17 @@ line decoded and parsed (for a 16 MiB JSON line, ~100 MB at most while it is par
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, NamedTuple
 
-from toolformer.call_format import neutralize
+from toolformer.documents import DOC, ERROR, MAX_DOC_CHARS, content_id, dead_letter, make_document  # noqa: F401
 from toolformer.errors import UserError
 
-MAX_DOC_CHARS = 100_000  # longer texts are truncated (counted in docs_truncated); windows do the rest
-DOC = "doc"
-ERROR = "error"
 MAX_FILE_BYTES = 4 << 30  # bytes read from one input file after decompression (gzip bombs)
 MAX_LINE_BYTES = 16 << 20  # bytes of one input line (JSONL record or text line)
 CHUNK_BYTES = 1 << 20  # bytes read (decompressed) at a time
@@ -82,58 +78,6 @@ def input_limits(max_file_bytes: int | None = None, max_line_bytes: int | None =
         pick(max_file_bytes, MAX_FILE_BYTES_ENV, MAX_FILE_BYTES),
         pick(max_line_bytes, MAX_LINE_BYTES_ENV, MAX_LINE_BYTES),
     )
-
-
-def dead_letter(doc_id: str | None, stage: str, reason: str, detail: str) -> dict[str, Any]:
-    return {"doc_id": doc_id, "stage": stage, "reason": reason, "detail": detail[:500]}
-
-
-def content_id(text: str) -> str:
-    return "sha1-" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
-
-
-def make_document(record: Any, where: str, text_field: str = "text") -> tuple[str, dict[str, Any]]:
-    """``(DOC, document)`` or ``(ERROR, dead letter)`` for one input record found at ``where``.
-
-    The id is the record's ``doc_id`` or ``id`` field, else a hash of its text (stable across
-    runs and machines). The text is neutralised (``[``, ``]``, arrows replaced) so a document can
-    never contain or fake a call; positions in the outputs refer to the neutralised text.
-    """
-    if not isinstance(record, dict):
-        return ERROR, dead_letter(None, "read", "not_an_object", f"{where}: expected a JSON object")
-    given_id = record.get("doc_id", record.get("id"))
-    doc_id = str(given_id) if given_id is not None else None
-    text = record.get(text_field)
-    if text is None:
-        return ERROR, dead_letter(doc_id, "read", "missing_text", f"{where}: no {text_field!r} field")
-    if not isinstance(text, str):
-        return ERROR, dead_letter(
-            doc_id, "read", "text_not_a_string", f"{where}: {text_field!r} is {type(text).__name__}"
-        )
-    if not text.strip():
-        return ERROR, dead_letter(doc_id, "read", "empty_text", f"{where}: {text_field!r} is empty")
-    if "\x00" in text:
-        return ERROR, dead_letter(doc_id, "read", "nul_bytes", f"{where}: text contains NUL bytes")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return ERROR, dead_letter(doc_id, "read", "invalid_unicode", f"{where}: lone surrogates in text")
-    truncated = len(text) > MAX_DOC_CHARS
-    text = neutralize(text[:MAX_DOC_CHARS])
-    meta = {k: _plain(v) for k, v in record.items() if k not in (text_field, "doc_id", "text", "calls")}
-    doc = {**meta, "doc_id": doc_id or content_id(text), "text": text}
-    if truncated:
-        doc["truncated"] = True
-    return DOC, doc
-
-
-def _plain(value: Any) -> Any:
-    """Metadata as JSON-ready values (Parquet gives dates and numpy types)."""
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def iter_lines(

@@ -1,9 +1,10 @@
-"""The pipeline's steps as plain functions, with the small DoFns that run them inside Beam.
+"""The pipeline's steps: the small DoFns that run the core's plain functions inside Beam.
 
 Route -> (ScoreAndSample: RunInference) -> Execute -> (Filter: RunInference) -> FinishUnit ->
-Merge. Each function takes and returns plain dicts so tests call it without Beam; each DoFn only
-counts metrics and routes outputs (main or dead letter). Built into a pipeline by
-``pipelines/augment.py``.
+Merge. The functions (route, ground, execute, candidate records, merge) live in
+:mod:`toolformer.augment`, which also runs them in-process (``augment_texts``); each DoFn here only
+counts metrics and routes outputs (main or dead letter), and the resume journal is this module's.
+Built into a pipeline by ``pipelines/augment.py``.
 
 A *unit* is one (document, tool, token window). Its outcome -- candidate records, dead letters of
 failed calls, and its counts -- travels with it to ``FinishUnitFn``, which adds the counts to the
@@ -15,7 +16,6 @@ uninterrupted run's.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import time
@@ -26,11 +26,25 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.documents import dead_letter
 from pipelines.rundir import RESUME_HINT
+
+# The steps themselves are the core's (toolformer/augment.py, also run in-process by augment_texts);
+# re-exported here for the pipeline's modules and code written against this path.
+from toolformer.augment import (  # noqa: F401
+    add_counts,
+    attach_samples,
+    candidate_records,
+    execute_candidates,
+    execute_counts,
+    ground_candidates,
+    merge_document,
+    route_document,
+    sample_counts,
+    split_windows,
+    unit_key,
+)
+from toolformer.documents import dead_letter
 from toolformer.errors import raise_if_storage_full
-from toolformer.filtering import keep_if_useful
-from toolformer.insertion import insert_calls
 from toolformer.sampling import stable_seed
 
 
@@ -56,70 +70,11 @@ def record_seconds(stage: str, seconds: float) -> None:
     Metrics.distribution(NAMESPACE, f"time_ms:{stage}").update(round(seconds * 1000))
 
 
-def add_counts(counts: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:
-    """``counts`` plus ``more``, zeros left out (a zero is never a counter: the totals match)."""
-    out = dict(counts)
-    for k, v in more.items():
-        if v:
-            out[k] = out.get(k, 0) + v
-    return out
-
-
 def in_part(key: str, part: int, parts: int) -> bool:
     return stable_seed("part", key) % parts == part
 
 
 # --- Route -----------------------------------------------------------------------------------
-
-
-def split_windows(text: str, tokenizer, window: int) -> list[tuple[int, str, int]]:
-    """``(char offset, window text, tokens)`` pieces of at most ``window`` tokens of " " + text.
-
-    Cuts fall on token boundaries; each window's text starts at a non-space character.
-    """
-    enc = tokenizer(" " + text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = enc["offset_mapping"]
-    pieces = []
-    for start in range(0, len(offsets), window):
-        a = max(0, offsets[start][0] - 1)
-        end = min(len(offsets), start + window)
-        b = len(text) if end == len(offsets) else max(0, offsets[end][0] - 1)
-        while a < b and text[a].isspace():
-            a += 1
-        if a < b:
-            piece = text[a:b]
-            pieces.append((a, piece, len(tokenizer(" " + piece, add_special_tokens=False)["input_ids"])))
-    return pieces
-
-
-def route_document(
-    doc: Mapping[str, Any], tools: Mapping[str, Any], windows: Mapping[str, int], tokenizer, seed: int
-) -> list[dict]:
-    """The (window, tool) units of a document: every tool whose heuristic accepts it, per window.
-
-    The heuristic's randomness (e.g. Calculator's 1% share) comes from ``tools.heuristics.doc_rng``,
-    a stable hash of (document, seed, tool), so routing does not depend on order or workers.
-    """
-    from tools.heuristics import doc_rng, document_date
-
-    date = document_date(doc)
-    units = []
-    for name in sorted(tools):
-        if not tools[name].accepts(doc, doc_rng(doc["doc_id"], seed, name)):
-            continue
-        for offset, text, n_tokens in split_windows(doc["text"], tokenizer, windows[name]):
-            units.append(
-                {
-                    "doc_id": doc["doc_id"],
-                    "tool": name,
-                    "offset": offset,
-                    "text": text,
-                    "n_tokens": n_tokens,
-                    "seed": seed,
-                    "date": date.isoformat() if date else None,
-                }
-            )
-    return units
 
 
 class RouteFn(beam.DoFn):
@@ -154,32 +109,6 @@ class RouteFn(beam.DoFn):
 
 
 # --- After sampling ---------------------------------------------------------------------------
-
-
-def unit_key(unit: Mapping[str, Any]) -> tuple[str, str, int]:
-    """What identifies a unit across runs: (document id, tool, window offset)."""
-    return unit["doc_id"], unit["tool"], unit["offset"]
-
-
-def attach_samples(unit: dict, sampled: dict) -> dict:
-    """The unit with its unique parsed candidates (what Execute needs)."""
-    return {**unit, "candidates": sampled["candidates"]}
-
-
-def sample_counts(unit: dict, sampled: dict) -> dict[str, int]:
-    """The sampling step's counts of one unit, as counter name -> increment."""
-    tool = unit["tool"]
-    return add_counts(
-        {},
-        {
-            f"positions:{tool}": len(sampled["positions"]),
-            f"samples:{tool}": sampled["samples"],
-            f"unterminated:{tool}": sampled["unterminated"],
-            f"unparsed:{tool}": sampled["unparsed"],
-            f"duplicates:{tool}": sampled["duplicates"],
-            f"candidates:{tool}": len(sampled["candidates"]),
-        },
-    )
 
 
 def unit_input(unit: Mapping[str, Any]) -> str:
@@ -218,71 +147,6 @@ class CountSamplesFn(beam.DoFn):
 # --- Execute ----------------------------------------------------------------------------------
 
 
-def ground_candidates(unit: dict, tool, required: bool) -> dict:
-    """Mark each candidate ``grounded`` (its input is read in the text before it: the tool's rule,
-    :meth:`tools.base.Tool.grounded`); with ``required`` the others are ``dropped`` before they are
-    executed or filtered (``dropped: "ungrounded"``; recorded, never kept). The text before is the
-    unit's window up to the call."""
-    out = []
-    for c in unit["candidates"]:
-        before = unit["text"][: max(0, c["position"] - unit["offset"])]
-        ok = bool(tool.grounded(c["input"], before))
-        out.append({**c, "grounded": ok, "dropped": None if ok or not required else "ungrounded"})
-    return {**unit, "candidates": out}
-
-
-def execute_candidates(unit: dict, executor, retries: int = 2) -> tuple[dict, list[dict]]:
-    """Run every candidate's call through the executor, with the document's date as context
-    (candidates already ``dropped`` are not run: result and error stay None).
-
-    Returns the unit (each candidate now has ``result`` or ``error``/``message``) and dead letters
-    for the failures. Transient failures are retried (tools are deterministic or read-only, so a
-    retry is safe); an exception a tool should not raise is recorded as ``exception``, not fatal.
-    """
-    from tools.base import CallContext
-
-    context = CallContext(
-        date=dt.date.fromisoformat(unit["date"]) if unit["date"] else None, doc_id=unit["doc_id"]
-    )
-    out, dead = [], []
-    for cand in unit["candidates"]:
-        if cand.get("dropped"):
-            out.append({**cand, "result": None, "error": None})
-            continue
-        for _ in range(retries + 1):
-            try:
-                outcome = executor.execute(unit["tool"], cand["input"], context)
-                result, error, message = outcome.result, outcome.error, outcome.message
-            except Exception as e:  # noqa: BLE001  (a tool bug must cost one candidate, not the job)
-                result, error, message = None, "exception", f"{type(e).__name__}: {e}"
-            if error not in executor.TRANSIENT and not (error or "").startswith("http_"):
-                break
-        out.append({**cand, "result": result, "error": error})
-        if error is not None:
-            dead.append(
-                dead_letter(
-                    unit["doc_id"],
-                    "execute",
-                    error,
-                    f"tool {unit['tool']} position {cand['position']} call {cand['call']}: {message}",
-                )
-            )
-    return {**unit, "candidates": out}, dead
-
-
-def execute_counts(unit: dict) -> dict[str, int]:
-    """Executed calls and failures by reason (``tool_failures:<tool>:<reason>``) of an executed unit."""
-    tool = unit["tool"]
-    dropped = sum(bool(c.get("dropped")) for c in unit["candidates"])
-    counts = {f"executed:{tool}": len(unit["candidates"]) - dropped}
-    if dropped:
-        counts[f"ungrounded:{tool}"] = dropped
-    for c in unit["candidates"]:
-        if c["error"] is not None:
-            counts = add_counts(counts, {f"tool_failures:{tool}:{c['error']}": 1})
-    return counts
-
-
 class ExecuteFn(beam.DoFn):
     """Execute a unit's calls; its dead letters and counts travel on with it to FinishUnit."""
 
@@ -314,37 +178,6 @@ class ExecuteFn(beam.DoFn):
 
 
 # --- Filter -----------------------------------------------------------------------------------
-
-
-def candidate_records(unit: dict, losses: list[dict], tau_f: float) -> list[dict]:
-    """One output record per candidate of a unit (failed calls too: error set, no losses, not kept)."""
-    loss_iter = iter(losses)
-    records = []
-    for c in unit["candidates"]:
-        rec = {
-            "doc_id": unit["doc_id"],
-            "tool": unit["tool"],
-            "window_offset": unit["offset"],
-            "position": c["position"],
-            "token_position": c["token_position"],
-            "call": c["call"],
-            "input": c["input"],
-            "result": c["result"],
-            "error": c["error"],
-            "threshold": tau_f,
-            "grounded": c.get("grounded"),
-            "dropped": c.get("dropped"),
-        }
-        if c["error"] is None and not c.get("dropped"):
-            loss = next(loss_iter)
-            delta = round(loss["loss_minus"] - loss["loss_plus"], 6)
-            rec.update(loss, delta=delta, kept=keep_if_useful(loss["loss_plus"], loss["loss_minus"], tau_f))
-        else:
-            rec.update(
-                loss_plus=None, loss_minus=None, loss_empty=None, loss_no_result=None, delta=None, kept=False
-            )
-        records.append(rec)
-    return records
 
 
 class CandidateRecordsFn(beam.DoFn):
@@ -493,26 +326,6 @@ class FinishUnitFn(beam.DoFn):
 
 
 # --- Merge ------------------------------------------------------------------------------------
-
-
-def merge_document(doc: dict, records: Iterable[dict]) -> dict:
-    """The text record: the document with its kept calls inserted (x*), calls as data.
-
-    At most one call per character position: the one with the largest loss reduction (ties:
-    the smaller call text), so calls from several tools or windows never stack at one spot.
-    """
-    best: dict[int, dict] = {}
-    for r in records:
-        if not r["kept"]:
-            continue
-        cur = best.get(r["position"])
-        if cur is None or (-r["delta"], r["call"], r["tool"]) < (-cur["delta"], cur["call"], cur["tool"]):
-            best[r["position"]] = r
-    calls = [
-        {"tool": r["tool"], "input": r["input"], "result": r["result"], "position": r["position"]}
-        for _, r in sorted(best.items())
-    ]
-    return {**doc, "text": insert_calls(doc["text"], calls), "calls": calls}
 
 
 def unique_document(keyed) -> Iterable:

@@ -18,14 +18,13 @@ which differs per process: a document gets the same decision on every worker and
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import itertools
 import random
 import re
-from collections.abc import Mapping
 from fractions import Fraction
-from typing import Any
+
+# re-exported: what a document is (its id, date and random generator) is the core's
+from toolformer.documents import date_from_url, doc_rng, document_date, stable_seed  # noqa: F401
 
 CALCULATOR_RANDOM_SHARE = 0.01
 CALCULATOR_WINDOW_WORDS = 75  # the paper's 100-token window, at ~1.33 GPT-J tokens per English word
@@ -33,19 +32,7 @@ MAX_NUMBERS = 60  # the arithmetic check is quadratic in the numbers of a docume
 MT_MIN_FOREIGN_WORDS = 3
 
 _NUMBER = re.compile(r"(?<![\w.,])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w])")
-_DATE_IN_URL = re.compile(r"(?<!\d)((?:19|20)\d{2})([/-])(\d{1,2})\2(\d{1,2})(?!\d)")
 _FOREIGN_WORD = re.compile(r"\S*[^\x00-\x7f\W\d_]\S*")
-
-
-def stable_seed(*parts: Any) -> int:
-    """A 64-bit seed from ``parts`` that is the same in every process and on every machine."""
-    digest = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
-
-
-def doc_rng(doc_id: str, seed: int = 0, salt: str = "") -> random.Random:
-    """The random generator for one document (and one tool, via ``salt``)."""
-    return random.Random(stable_seed(seed, salt, doc_id))
 
 
 def numbers_in(text: str) -> list[Fraction]:
@@ -153,38 +140,6 @@ def calculator_accepts(text: str, rng: random.Random, random_share: float = CALC
     # (iii): the random draw is made for every document with three numbers, so the decision for one
     # document does not depend on the others.
     return len(numbers) >= 3 and rng.random() < random_share
-
-
-def date_from_url(url: str) -> dt.date | None:
-    """A date written in a URL path: ``/2023/01/30/`` or ``2023-01-30``."""
-    for m in _DATE_IN_URL.finditer(url):
-        try:
-            return dt.date(int(m.group(1)), int(m.group(3)), int(m.group(4)))
-        except ValueError:
-            continue
-    return None
-
-
-def document_date(document: Mapping[str, Any]) -> dt.date | None:
-    """The document's date: its ``date`` field (ISO date or datetime), else a date in its ``url``."""
-    value = document.get("date")
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    if isinstance(value, str) and value.strip():
-        text = value.strip()
-        try:
-            return dt.datetime.fromisoformat(text).date()
-        except ValueError:
-            pass
-        found = date_from_url(text)
-        if found is not None:
-            return found
-    url = document.get("url")
-    if isinstance(url, str):
-        return date_from_url(url)
-    return None
 
 
 def has_foreign_text(text: str, min_words: int = MT_MIN_FOREIGN_WORDS) -> bool:
