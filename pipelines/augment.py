@@ -1,11 +1,12 @@
-"""The Toolformer data-generation pipeline on Apache Beam, and the ``refilter`` command.
+"""The Toolformer data-generation pipeline on Apache Beam (``toolformer augment``).
 
     toolformer augment --input 'data/*.jsonl' --output runs/r1 --tools calculator \\
         --override calculator.tau_s=0 --limit 20 [--resume] [any Beam pipeline option]
     python beam_runner.py --input ... --output ...          (the same flags)
-    toolformer refilter runs/r1 runs/r1-tau1 --tau-f calculator=1.0
+    toolformer refilter runs/r1 runs/r1-tau1 --tau-f calculator=1.0     (pipelines/refilter.py)
 
-Steps (each a labelled transform; logic in pipelines/stages.py and toolformer/{sampling,filtering}):
+Steps (each a labelled transform; logic in pipelines/stages.py and toolformer/{sampling,filtering};
+reading in pipelines/inputs.py, writing in pipelines/sinks.py, stats.json in pipelines/stats.py):
 ReadDocs -> SelectPart -> DedupeIds -> Route -> [JoinJournal -> Resume, on a resumed part] ->
 ScoreAndSample (RunInference) -> CountSamples -> Execute -> Filter (RunInference) ->
 CandidateRecords -> FinishUnit (counts, journals) -> JoinByDoc -> Merge -> Write*.
@@ -44,25 +45,25 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io import fileio, iobase, parquetio, textio
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io import fileio
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import dask_runner, rundir
-from pipelines.documents import DOC, InputLimits, input_limits, read_records
+from pipelines.inputs import ParseFileFn, SelectPartFn, split_inputs
 from pipelines.model_handler import AugmentModelHandler
+from pipelines.refilter import check_settled, refilter  # re-exported (see __all__)
 from pipelines.settings import RunSettings, build_settings
+from pipelines.sinks import WriteRecords, _text_row, parquet_schemas
+from pipelines.stats import check_failure_ratio, metrics_of, summarise
 from pipelines.totals import expected_units as totals_of
 from pipelines.totals import in_process
 from pipelines.stages import (
     DEAD,
     FINISHED,
-    NAMESPACE,
     RESUMED,
     CandidateRecordsFn,
     CountSamplesFn,
@@ -71,216 +72,29 @@ from pipelines.stages import (
     MergeFn,
     ReadJournalFn,
     RouteFn,
-    count,
-    in_part,
-    merge_document,
-    record_seconds,
     resume_unit,
     unique_document,
     unit_key,
 )
-from toolformer.call_format import strip_calls
-from toolformer.errors import UserError, raise_if_storage_full
-from toolformer.filtering import keep_if_useful
+from toolformer.errors import UserError
 
 log = logging.getLogger(__name__)
 
-
-# --- Reading ----------------------------------------------------------------------------------
-
-
-class ParseFileFn(beam.DoFn):
-    """Documents and dead letters of one matched file (or saved dataset directory).
-
-    A file is streamed in chunks (``.gz`` decompressed by read_records, chunk by chunk) under
-    ``limits`` (pipelines/documents.py: bytes per file after decompression, bytes per line;
-    default ``input_limits()``, resolved here in the launcher so every worker uses the same caps).
-    """
-
-    def __init__(self, text_field: str, limits: InputLimits | None = None):
-        self.text_field = text_field
-        self.limits = limits or input_limits()
-
-    def process(self, item):
-        t0 = time.perf_counter()
-        if isinstance(item, str):  # a dataset directory
-            yield from self._emit(read_records(item, None, self.text_field, self.limits))
-        else:  # the raw (still compressed) stream, never read whole
-            with item.open(compression_type=CompressionTypes.UNCOMPRESSED) as stream:
-                yield from self._emit(read_records(item.metadata.path, stream, self.text_field, self.limits))
-        record_seconds("read", time.perf_counter() - t0)
-
-    @staticmethod
-    def _emit(records):
-        for kind, record in records:
-            yield record if kind == DOC else beam.pvalue.TaggedOutput(DEAD, record)
-
-
-class SelectPartFn(beam.DoFn):
-    """Keep this part's documents (and bad records), counting them once across parts."""
-
-    def __init__(self, part: int, parts: int, bad: bool):
-        self.part, self.parts, self.bad = part, parts, bad
-
-    def process(self, record):
-        key = record["detail"] if self.bad else record["doc_id"]
-        if in_part(key, self.part, self.parts):
-            if self.bad:
-                count("docs_bad")
-                count(f"bad_records:{record['reason']}")
-            else:
-                count("docs_read")
-                count("docs_truncated", bool(record.get("truncated")))
-            yield record
-
-
-def split_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
-    """(file patterns, saved-dataset directories); a pattern that matches nothing is an error."""
-    from apache_beam.io.filesystems import FileSystems
-
-    files, dirs = [], []
-    for pattern in patterns:
-        if Path(pattern).is_dir():
-            if (
-                not (Path(pattern) / "dataset_info.json").is_file()
-                and not (Path(pattern) / "state.json").is_file()
-            ):
-                raise UserError(f"--input {pattern} is a directory but not a saved HF dataset; pass a glob")
-            dirs.append(pattern)
-            continue
-        if not FileSystems.match([pattern])[0].metadata_list:
-            raise UserError(f"--input {pattern} matches no files")
-        files.append(pattern)
-    return files, dirs
-
-
-# --- Writing ----------------------------------------------------------------------------------
-
-
-def to_json(record: dict) -> str:
-    return json.dumps(record, sort_keys=True, ensure_ascii=False)
-
-
-def _text_row(rec: dict) -> dict:
-    meta = {k: v for k, v in rec.items() if k not in ("doc_id", "text", "calls")}
-    return {"doc_id": rec["doc_id"], "text": rec["text"], "calls": rec["calls"], "metadata": to_json(meta)}
-
-
-def parquet_schemas():
-    import pyarrow as pa
-
-    call = pa.struct(
-        [("tool", pa.string()), ("input", pa.string()), ("result", pa.string()), ("position", pa.int64())]
-    )
-    texts = pa.schema(
-        [("doc_id", pa.string()), ("text", pa.string()), ("calls", pa.list_(call)), ("metadata", pa.string())]
-    )
-    f64 = pa.float64()
-    cands = pa.schema(
-        [
-            ("doc_id", pa.string()),
-            ("tool", pa.string()),
-            ("window_offset", pa.int64()),
-            ("position", pa.int64()),
-            ("token_position", pa.int64()),
-            ("call", pa.string()),
-            ("input", pa.string()),
-            ("result", pa.string()),
-            ("error", pa.string()),
-            ("threshold", f64),
-            ("loss_plus", f64),
-            ("loss_minus", f64),
-            ("loss_empty", f64),
-            ("loss_no_result", f64),
-            ("delta", f64),
-            ("kept", pa.bool_()),
-            ("grounded", pa.bool_()),
-            ("dropped", pa.string()),
-        ]
-    )
-    return texts, cands
-
-
-class _ShardWriter(iobase.Writer):
-    """A Beam file sink's writer whose failed writes for lack of room (disk full, file too large)
-    raise :class:`~toolformer.errors.StorageFull` naming the shard being written. The shard is a
-    temporary file of the runner's (``beam-temp-*``, renamed into place only once the whole step
-    succeeds), and the part has no marker yet, so nothing of it counts as done."""
-
-    def __init__(self, writer):
-        self.writer = writer
-
-    def _failed(self, e: Exception) -> None:
-        path = getattr(self.writer, "temp_shard_path", None)
-        raise_if_storage_full(e, path, rundir.RESUME_HINT)
-
-    def write(self, value):
-        try:
-            self.writer.write(value)
-        except Exception as e:
-            self._failed(e)
-            raise
-
-    def at_capacity(self):
-        return self.writer.at_capacity()
-
-    def close(self):
-        try:
-            return self.writer.close()
-        except Exception as e:
-            self._failed(e)
-            raise
-
-
-class _NamedShards:
-    """Mixin for a Beam file sink: its writers are :class:`_ShardWriter` (errors name the shard)."""
-
-    def open_writer(self, init_result, uid):
-        return _ShardWriter(super().open_writer(init_result, uid))
-
-
-class _TextShards(_NamedShards, textio._TextSink):
-    pass
-
-
-class _ParquetShards(_NamedShards, parquetio._ParquetSink):
-    pass
-
-
-def _name_failed_writes(write, sink_class):
-    """``write`` (WriteToText/WriteToParquet) with its sink's writers naming the shard on a failed
-    write (:class:`_ShardWriter`). Beam builds the sink inside the transform, so its class is swapped
-    for our subclass (same state, one more method); left as it is if a Beam version builds another."""
-    sink = getattr(write, "_sink", None)
-    if sink is not None and type(sink) is sink_class.__bases__[-1]:
-        sink.__class__ = sink_class
-    return write
-
-
-class WriteRecords(beam.PTransform):
-    """JSONL shards (and optionally Parquet copies) named ``<kind>-pNNNN-SSSSS-of-NNNNN``."""
-
-    def __init__(self, out: str, kind: str, part: int, num_shards: int, schema=None, to_row=None):
-        super().__init__()
-        self.prefix = f"{out}/{kind}-{rundir.part_name(part)}"
-        self.num_shards, self.schema, self.to_row = num_shards, schema, to_row
-
-    def expand(self, pcoll):
-        pcoll | "Jsonl" >> (
-            beam.Map(to_json)
-            | _name_failed_writes(
-                beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl", num_shards=self.num_shards),
-                _TextShards,
-            )
-        )
-        if self.schema is not None:
-            rows = pcoll | "ToRow" >> beam.Map(self.to_row) if self.to_row else pcoll
-            rows | "Parquet" >> _name_failed_writes(
-                beam.io.WriteToParquet(
-                    self.prefix, self.schema, file_name_suffix=".parquet", num_shards=self.num_shards
-                ),
-                _ParquetShards,
-            )
+# The commands and the pipeline, and the names other code imports from here that now live in the
+# steps' modules: split_inputs, ParseFileFn (pipelines/inputs.py), refilter, check_settled
+# (pipelines/refilter.py).
+__all__ = [
+    "ParseFileFn",
+    "augment",
+    "build_pipeline",
+    "check_settled",
+    "output_dir",
+    "pipeline_options",
+    "refilter",
+    "run_augment",
+    "split_inputs",
+    "tool_setup",
+]
 
 
 # --- The pipeline -----------------------------------------------------------------------------
@@ -428,87 +242,6 @@ def build_pipeline(
     texts | "WriteTexts" >> WriteRecords(out, "texts", part, settings.num_shards, texts_schema, _text_row)
     records | "WriteCandidates" >> WriteRecords(out, "candidates", part, settings.num_shards, cands_schema)
     errors | "WriteErrors" >> WriteRecords(out, "errors", part, settings.num_shards)
-
-
-def metrics_of(result) -> dict[str, float]:
-    """Counters and stage times (``time_ms:<stage>`` sums) of a finished pipeline."""
-    from apache_beam.metrics.metric import MetricsFilter
-
-    found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
-    out: dict[str, float] = {}
-    for c in found["counters"]:
-        value = c.committed if c.committed is not None else c.attempted
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + value
-    for d in found["distributions"]:
-        value = d.committed if d.committed is not None else d.attempted
-        out[d.key.metric.name] = out.get(d.key.metric.name, 0) + (value.sum if value else 0)
-    return out
-
-
-def summarise(flat: dict[str, float], tools: list[str], wall_s: float) -> dict[str, Any]:
-    """stats.json: documents, per-tool counts (failures by reason), bad records and stage times."""
-    per_tool = {}
-    for tool in tools:
-        get = lambda k, tool=tool: int(flat.get(f"{k}:{tool}", 0))
-        prefix = f"tool_failures:{tool}:"
-        failures = {k[len(prefix) :]: int(v) for k, v in sorted(flat.items()) if k.startswith(prefix)}
-        per_tool[tool] = {
-            k: get(k)
-            for k in (
-                "docs_routed",
-                "windows",
-                "positions",
-                "samples",
-                "unterminated",
-                "unparsed",
-                "duplicates",
-                "candidates",
-                "ungrounded",  # dropped before execution: the input is not written before the call
-                "executed",
-                "kept",
-            )
-        }
-        per_tool[tool]["failures"] = failures
-        per_tool[tool]["failed"] = sum(failures.values())
-    return {
-        "documents": {
-            k: int(flat.get(k, 0))
-            for k in (
-                "docs_read",
-                "docs_bad",
-                "docs_truncated",
-                "docs_duplicate_id",
-                "texts_written",
-                "texts_with_calls",
-            )
-        },
-        "bad_records": {
-            k.split(":", 1)[1]: int(v) for k, v in sorted(flat.items()) if k.startswith("bad_records:")
-        },
-        "tools": per_tool,
-        "stage_seconds": {
-            k.split(":", 1)[1]: round(v / 1000, 3)
-            for k, v in sorted(flat.items())
-            if k.startswith("time_ms:")
-        },
-        "wall_seconds": round(wall_s, 3),
-    }
-
-
-def check_failure_ratio(flat: dict[str, float], tools: list[str], settings: RunSettings, out: str) -> None:
-    for tool in tools:
-        executed = flat.get(f"executed:{tool}", 0)
-        failed = sum(v for k, v in flat.items() if k.startswith(f"tool_failures:{tool}:"))
-        if (
-            executed >= settings.min_calls_for_ratio
-            and executed
-            and failed / executed > settings.max_failure_ratio
-        ):
-            raise UserError(
-                f"tool {tool} failed {int(failed)} of {int(executed)} calls ({failed / executed:.0%}), "
-                f"above max_failure_ratio {settings.max_failure_ratio:.0%}; see {out}/errors-*.jsonl",
-                exit_code=3,
-            )
 
 
 def pipeline_options(extra_args: list[str] | None, save_main_session: bool = False) -> PipelineOptions:
@@ -672,163 +405,3 @@ def augment(
 
 
 augment.passthrough = True
-
-
-# --- Refilter ---------------------------------------------------------------------------------
-
-
-def _read_jsonl(paths: list[str]) -> list[dict]:
-    rows = []
-    for path in paths:
-        lines = rundir.read_bytes(path).split(b"\n")
-        if lines[-1] == b"":
-            lines.pop()
-        for n, line in enumerate(lines, start=1):
-            try:
-                rows.append(json.loads(line.decode("utf-8")))
-            except ValueError as e:
-                raise UserError(f"{path} line {n}: {e}") from None
-    return rows
-
-
-def _parquet_bytes(table) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
-def check_settled(cands: list[dict], new_tau: dict[str, float], src: str) -> None:
-    """Refuse a tau_f that candidates settled by lazy filtering cannot answer.
-
-    Such a candidate (no error, ``loss_no_result`` null) holds L- = L(eps), an upper bound of the
-    true L-, so its delta is an upper bound too: it stays rejected under any tau_f above that bound,
-    and below it the true L- would be needed.
-    """
-    for tool, tau in sorted(new_tau.items()):
-        bounds = [
-            c["delta"]
-            for c in cands
-            if c["tool"] == tool and c["error"] is None and c["loss_no_result"] is None
-        ]
-        if bounds and max(bounds) >= tau:
-            raise UserError(
-                f"--tau-f {tool}={tau}: {src} was filtered lazily (lazy_filter) and {len(bounds)} {tool} "
-                f"candidates hold only an upper bound of L-; tau_f must be above {max(bounds):.6f}, "
-                "or rerun augment without lazy_filter"
-            )
-
-
-def apply_grounding(cands: list[dict], texts: dict[str, str], rules: dict[str, bool], src: str) -> None:
-    """``refilter --grounded TOOL=true|false``: switch the no-answers-from-the-future rule per tool.
-
-    true: a candidate whose input is not written before it (judged on its document's text before the
-    call, :meth:`tools.base.Tool.grounded`) is ``dropped`` and not kept; false: dropped candidates come
-    back -- possible only where their losses were computed (a run made without the rule)."""
-    from tools.base import tool_class
-
-    for tool, required in sorted(rules.items()):
-        mine = [c for c in cands if c["tool"] == tool]
-        if not required:
-            lost = [c for c in mine if c.get("dropped") == "ungrounded" and c.get("loss_plus") is None]
-            if lost:
-                raise UserError(f"--grounded {tool}=false: {src} dropped {len(lost)} {tool} candidates before the "
-                                "filter, so they have no losses; rerun augment with TOOL.grounded=false")
-            for c in mine:
-                c["dropped"] = None
-            continue
-        try:
-            checker = tool_class(tool).__new__(tool_class(tool))  # the rule needs no tool resources
-        except KeyError as e:
-            raise UserError(f"--grounded: {e.args[0]}") from None
-        for c in mine:
-            c["grounded"] = bool(checker.grounded(c["input"], texts.get(c["doc_id"], "")[: c["position"]]))
-            if not c["grounded"]:
-                c["dropped"], c["kept"] = "ungrounded", False
-
-
-def refilter(run: str, output: str, tau_f: list[str] | None = None, grounded: list[str] | None = None) -> int:
-    """Apply new tau_f thresholds to a finished run's candidates, without recomputing anything.
-
-    Args:
-        run: a finished augment run directory (holds _SUCCESS); a local path or a Beam file system
-            URL, as for augment --output.
-        output: a new directory for the re-filtered texts, candidates, stats.json and _SUCCESS
-            (a local path or a Beam file system URL).
-        tau_f: new thresholds as TOOL=VALUE (tool names as in the candidates, e.g. Calculator=1.0);
-            tools not named keep their threshold.
-        grounded: TOOL=true|false: require (or not) that a call's input is written before it (the
-            Calculator's numbers, MT's text); false needs a run whose candidates were all filtered.
-    """
-    import pyarrow as pa
-
-    src, out = output_dir(run, "RUN"), output_dir(output, "OUTPUT")
-    if not rundir.exists(rundir.join(src, rundir.SUCCESS)):
-        raise UserError(f"{src} is not a finished augment run (no {rundir.SUCCESS})")
-    if rundir.is_local(out) and os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--output {out} exists and is not a directory")
-    if rundir.has_files(out):
-        raise UserError(f"--output {out} already exists and is not empty; choose a new directory")
-    new_tau: dict[str, float] = {}
-    for item in tau_f or []:
-        tool, sep, value = item.partition("=")
-        try:
-            new_tau[tool] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise UserError(f"--tau-f {item!r}: expected TOOL=NUMBER, e.g. Calculator=1.0")
-    cands = _read_jsonl(rundir.match(rundir.join(src, "candidates-*.jsonl")))
-    texts = _read_jsonl(rundir.match(rundir.join(src, "texts-*.jsonl")))
-    unknown = set(new_tau) - {c["tool"] for c in cands}
-    if unknown:
-        raise UserError(f"--tau-f names tools with no candidates in {src}: {', '.join(sorted(unknown))}")
-    check_settled(cands, new_tau, src)
-    rules: dict[str, bool] = {}
-    for item in grounded or []:
-        tool, sep, value = item.partition("=")
-        if not sep or value.lower() not in ("true", "false"):
-            raise UserError(f"--grounded {item!r}: expected TOOL=true or TOOL=false, e.g. Calculator=true")
-        rules[tool] = value.lower() == "true"
-    by_doc: dict[str, list[dict]] = {}
-    for c in cands:
-        if c["tool"] in new_tau or c["tool"] in rules:
-            c["threshold"] = new_tau.get(c["tool"], c["threshold"])
-            c["kept"] = c["error"] is None and c.get("loss_plus") is not None and keep_if_useful(
-                c["loss_plus"], c["loss_minus"], c["threshold"])
-    if rules:
-        apply_grounding(cands, {t["doc_id"]: strip_calls(t["text"]) for t in texts}, rules, src)
-    for c in cands:
-        by_doc.setdefault(c["doc_id"], []).append(c)
-    new_texts = []
-    for t in texts:
-        doc = {k: v for k, v in t.items() if k != "calls"}
-        doc["text"] = strip_calls(t["text"])  # the inserted calls come out; the document is neutralised
-        new_texts.append(merge_document(doc, by_doc.get(t["doc_id"], [])))
-    rundir.mkdirs(out)
-    texts_schema, cands_schema = parquet_schemas()
-    for kind, rows, schema, to_row in (
-        ("texts", new_texts, texts_schema, _text_row),
-        ("candidates", cands, cands_schema, lambda r: r),
-    ):
-        name = f"{kind}-p0000-00000-of-00001"
-        rundir.write_bytes(
-            rundir.join(out, f"{name}.jsonl"), "".join(to_json(r) + "\n" for r in rows).encode("utf-8")
-        )
-        table = pa.Table.from_pylist([to_row(r) for r in rows], schema=schema)
-        rundir.write_bytes(rundir.join(out, f"{name}.parquet"), _parquet_bytes(table))
-    kept: dict[str, int] = {}
-    for c in cands:
-        kept[c["tool"]] = kept.get(c["tool"], 0) + int(c["kept"])
-    stats = {
-        "source": src,
-        "tau_f": new_tau,
-        "kept": kept,
-        "texts_written": len(new_texts),
-        "texts_with_calls": sum(bool(t["calls"]) for t in new_texts),
-    }
-    rundir.finish(out, stats)
-    print(json.dumps(stats, indent=2))
-    return 0
