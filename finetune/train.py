@@ -54,6 +54,48 @@ RESUME_MAY_CHANGE = {"resume", "logging_steps", "device", "shrink_batch_on_oom"}
 
 @dataclasses.dataclass
 class FinetuneConfig:
+    """The settings of a fine-tuning run: ``toolformer finetune`` has one flag per field (this
+    docstring is their ``--help``) and reads any of them from ``--config FILE``.
+
+    Attributes:
+        data: pipeline run directories (texts-*.jsonl), .jsonl/.json/.parquet files or saved HF datasets.
+        output: directory for the fine-tuned model, finetune.json and checkpoints/.
+        model: base model: a fetched name, a model directory, a .gguf file or a Hub id.
+        text_field: the field holding the text in each record.
+        dev_data: held-out texts for dev perplexity (default: a --dev-share of --data).
+        dev_share: share of --data held out as dev set when --dev-data is not given.
+        mix_original: share of texts with calls whose call-free original is added to train.
+        only_with_calls: train (and evaluate) only on texts holding at least one call (the paper, 4.1;
+            --no-only-with-calls trains on every text).
+        plain_share: with --only-with-calls, also keep this share of texts without calls (relative to
+            the texts with calls).
+        max_length: sequence length in tokens (longer texts are cut; the paper: 1024).
+        batch_size: sequences per device and micro-step.
+        effective_batch_size: sequences per optimizer step, via gradient accumulation (the paper: 128).
+        learning_rate: peak learning rate (the paper: 1e-5).
+        warmup_share: share of --max-steps spent in linear warm-up (the paper: 0.1).
+        lr_schedule: learning-rate schedule after the warm-up.
+        max_steps: optimizer steps (the paper: up to 2000).
+        save_steps: dev perplexity and a checkpoint every N steps.
+        keep_checkpoints: complete checkpoints to keep (the newest and the best are always kept).
+        final_weights: which weights go to OUTPUT: the best dev perplexity's (the paper, App. B) or the
+            last step's.
+        mask_results: leave tool results out of the loss (the paper trains on them).
+        marker_tokens: add <API>, </API> and → as new tokens and write calls with them (such models
+            are not yet supported by `toolformer generate`, which refuses them).
+        lora: train a LoRA adapter and merge it into the saved model.
+        lora_rank: LoRA rank.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: dropout on the inputs of the LoRA layers.
+        max_grad_norm: clip the gradient norm to this before each optimizer step.
+        seed: seed for the split, data order and initialisation.
+        resume: continue from the newest complete checkpoint in OUTPUT/checkpoints.
+        device: cpu or cuda (default: cuda when present).
+        logging_steps: log the training loss every N steps (finetune.json's log_history).
+        shrink_batch_on_oom: on out-of-memory, halve --batch-size, double the accumulation (same
+            effective batch) and go on from the newest complete checkpoint.
+    """
+
     data: list[str]
     output: str
     model: str = DEFAULT_MODEL
@@ -340,83 +382,18 @@ def _run_finetune(cfg: FinetuneConfig, callbacks=()) -> dict:
     return result
 
 
-def finetune(
-    data: list[str] | None = None,
-    output: str | None = None,
-    model: str = DEFAULT_MODEL,
-    text_field: str = "text",
-    dev_data: list[str] | None = None,
-    dev_share: float = 0.05,
-    mix_original: float = 0.0,
-    only_with_calls: bool = True,
-    plain_share: float = 0.0,
-    max_length: int = 1024,
-    batch_size: int = 8,
-    effective_batch_size: int = 128,
-    learning_rate: float = 1e-5,
-    warmup_share: float = 0.1,
-    lr_schedule: Literal["linear", "constant_with_warmup", "cosine"] = "linear",
-    max_steps: int = 2000,
-    save_steps: int = 500,
-    keep_checkpoints: int = 2,
-    final_weights: Literal["last", "best"] = "best",
-    mask_results: bool = False,
-    marker_tokens: bool = False,
-    lora: bool = False,
-    lora_rank: int = 16,
-    lora_alpha: int = 32,
-    seed: int = 0,
-    resume: bool = False,
-    device: str | None = None,
-    shrink_batch_on_oom: bool = False,
-) -> int:
+def finetune(config: FinetuneConfig | None = None, **settings) -> int:
     """Fine-tune a model on texts with tool calls; OUTPUT becomes a plain HF model directory.
 
     Args:
-        data: pipeline run directories (texts-*.jsonl), .jsonl/.json/.parquet files or saved HF datasets.
-        output: directory for the fine-tuned model, finetune.json and checkpoints/.
-        model: base model: a fetched name, a model directory, a .gguf file or a Hub id.
-        text_field: the field holding the text in each record.
-        dev_data: held-out texts for dev perplexity (default: a --dev-share of --data).
-        dev_share: share of --data held out as dev set when --dev-data is not given.
-        mix_original: share of texts with calls whose call-free original is added to train.
-        only_with_calls: train (and evaluate) only on texts holding at least one call (the paper, 4.1;
-            --no-only-with-calls trains on every text).
-        plain_share: with --only-with-calls, also keep this share of texts without calls (relative to
-            the texts with calls).
-        max_length: sequence length in tokens (longer texts are cut; the paper: 1024).
-        batch_size: sequences per device and micro-step.
-        effective_batch_size: sequences per optimizer step, via gradient accumulation (the paper: 128).
-        learning_rate: peak learning rate (the paper: 1e-5).
-        warmup_share: share of --max-steps spent in linear warm-up (the paper: 0.1).
-        lr_schedule: learning-rate schedule after the warm-up.
-        max_steps: optimizer steps (the paper: up to 2000).
-        save_steps: dev perplexity and a checkpoint every N steps.
-        keep_checkpoints: complete checkpoints to keep (the newest and the best are always kept).
-        final_weights: which weights go to OUTPUT: the best dev perplexity's (the paper, App. B) or the
-            last step's.
-        mask_results: leave tool results out of the loss (the paper trains on them).
-        marker_tokens: add <API>, </API> and → as new tokens and write calls with them (such models
-            are not yet supported by `toolformer generate`, which refuses them).
-        lora: train a LoRA adapter and merge it into the saved model.
-        lora_rank: LoRA rank.
-        lora_alpha: LoRA scaling numerator.
-        seed: seed for the split, data order and initialisation.
-        resume: continue from the newest complete checkpoint in OUTPUT/checkpoints.
-        device: cpu or cuda (default: cuda when present).
-        shrink_batch_on_oom: on out-of-memory, halve --batch-size, double the accumulation (same
-            effective batch) and go on from the newest complete checkpoint.
+        config: the settings; on the command line every :class:`FinetuneConfig` field is a flag
+            (over those of ``--config FILE``).
+        settings: :class:`FinetuneConfig` fields as keyword arguments (over ``config``'s).
     """
-    cfg = FinetuneConfig(
-        data=data or [], output=output or "", model=model, text_field=text_field, dev_data=dev_data,
-        dev_share=dev_share, mix_original=mix_original, only_with_calls=only_with_calls, plain_share=plain_share,
-        max_length=max_length, batch_size=batch_size,
-        effective_batch_size=effective_batch_size, learning_rate=learning_rate, warmup_share=warmup_share,
-        lr_schedule=lr_schedule, max_steps=max_steps, save_steps=save_steps,
-        keep_checkpoints=keep_checkpoints,
-        final_weights=final_weights, mask_results=mask_results, marker_tokens=marker_tokens, lora=lora,
-        lora_rank=lora_rank, lora_alpha=lora_alpha, seed=seed, resume=resume, device=device,
-        shrink_batch_on_oom=shrink_batch_on_oom)
+    if config is None:
+        cfg = FinetuneConfig(**{"data": [], "output": "", **settings})  # no --data: FinetuneConfig says so
+    else:
+        cfg = dataclasses.replace(config, **settings) if settings else config
     result = run_finetune(cfg)
     m = result["final_metrics"]
     dev = f", dev perplexity {m['eval_perplexity']:.2f}" if "eval_perplexity" in m else ""
