@@ -55,6 +55,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines import dask_runner, rundir
 from pipelines.inputs import ParseFileFn, SelectPartFn, split_inputs
 from pipelines.model_handler import AugmentModelHandler
+from toolformer.augment import model_plan
 from pipelines.refilter import check_settled, refilter  # re-exported (see __all__)
 from pipelines.settings import RunSettings, build_settings
 from pipelines.sinks import WriteRecords, _text_row, parquet_schemas
@@ -101,28 +102,17 @@ __all__ = [
 
 
 def tool_setup(settings: RunSettings) -> dict[str, Any]:
-    """Resolve ``--tools`` once on the launcher: names, prompt templates, per-tool settings."""
+    """Resolve ``--tools`` once on the launcher: each tool's spec and configuration (what a worker
+    builds it from) and the :class:`~toolformer.augment_model.ModelPlan` (prompt templates,
+    per-tool settings) the model stages load from; ``settings``: the per-tool settings by name."""
     from tools.base import resolve_tool
 
-    specs, templates, takes_input, per_tool, config = {}, {}, {}, {}, {}
+    specs, config, tools = {}, {}, {}
     for spec in settings.tools:
         cls, tool_config = resolve_tool(spec, settings.index)  # WikiSearch and QA get --index
-        name = cls.name
-        tool = cls(**tool_config)
-        specs[name], config[name], takes_input[name] = spec, tool_config, cls.takes_input
-        templates[name] = tool.prompt_template
-        per_tool[name] = dict(settings.for_tool(spec).__dict__)
-        # the examples the filter puts before each text with filter_context=prompt (results included)
-        per_tool[name]["filter_examples"] = (
-            tool.filter_examples() if per_tool[name]["filter_context"] == "prompt" else ""
-        )
-    return {
-        "specs": specs,
-        "templates": templates,
-        "takes_input": takes_input,
-        "settings": per_tool,
-        "config": config,
-    }
+        specs[cls.name], config[cls.name], tools[cls.name] = spec, tool_config, cls(**tool_config)
+    plan = model_plan(tools, settings, specs)
+    return {"specs": specs, "config": config, "plan": plan, "settings": dict(plan.tool_settings)}
 
 
 def build_pipeline(
@@ -143,15 +133,9 @@ def build_pipeline(
     def handler(task: str) -> AugmentModelHandler:
         return AugmentModelHandler(
             task,
-            settings.model,
-            tools["templates"],
-            per_tool,
-            tools["takes_input"],
-            settings.max_batch_tokens,
-            settings.context_window,
+            tools["plan"],
             settings.large_model,
             threads=settings.threads,
-            lazy_filter=settings.lazy_filter,
             expected_units=expected_units if task == "sample" else None,
         )
 

@@ -20,7 +20,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
 # re-exported: the model side of the method lives in the core (toolformer/augment_model.py)
-from toolformer.augment_model import LOSS_DECIMALS, AugmentModel, token_classes, unit_tokens  # noqa: F401
+from toolformer.augment_model import LOSS_DECIMALS, AugmentModel, ModelPlan, token_classes, unit_tokens  # noqa: F401
 from toolformer.progress import Throttle, progress_text
 
 PROGRESS_EVERY_S = 15.0
@@ -76,36 +76,22 @@ class AugmentModelHandler(ModelHandler):
     def __init__(
         self,
         task: str,
-        model_spec: str,
-        templates: dict[str, str],
-        tool_settings: dict[str, dict],
-        takes_input: dict[str, bool],
-        max_batch_tokens: int = 4096,
-        context_window: int | None = None,
+        plan: ModelPlan,
         large_model: bool = False,
-        device: str | None = None,
         threads: int = 0,
-        lazy_filter: bool = False,
         expected_units: int | None = None,
     ):
         if task not in ("sample", "filter"):
             raise ValueError(f"unknown task {task!r}")
         super().__init__(
-            min_batch_size=max_batch_tokens,
-            max_batch_size=max_batch_tokens,
+            min_batch_size=plan.max_batch_tokens,
+            max_batch_size=plan.max_batch_tokens,
             element_size_fn=unit_tokens,
             large_model=large_model,
         )
         self.task = task
-        self.model_spec = model_spec
-        self.templates = templates
-        self.tool_settings = tool_settings
-        self.takes_input = takes_input
-        self.max_batch_tokens = max_batch_tokens
-        self.context_window = context_window
-        self.device = device
+        self.plan = plan
         self.threads = threads
-        self.lazy_filter = lazy_filter
         self.expected_units = expected_units  # this task's units on this worker, where known
 
     def load_model(self) -> AugmentModel:
@@ -113,16 +99,7 @@ class AugmentModelHandler(ModelHandler):
             # Measured here: on a shared 2-core machine a 2-thread matmul of a few rows waits ~24 ms
             # for its second thread; one thread ran the same work 10x faster.
             torch.set_num_threads(self.threads)
-        return AugmentModel(
-            self.model_spec,
-            self.templates,
-            self.tool_settings,
-            self.takes_input,
-            self.max_batch_tokens,
-            self.context_window,
-            self.device,
-            lazy_filter=self.lazy_filter,
-        )
+        return self.plan.load()
 
     def run_inference(
         self, batch: Sequence[dict], model: AugmentModel, inference_args: dict[str, Any] | None = None
