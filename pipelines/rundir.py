@@ -7,7 +7,9 @@ Layout of ``DIR`` (``toolformer augment --output DIR``)::
     texts-p0000-*.parquet, candidates-p0000-*.parquet
     .parts/p0000.done             written after part 0's files: their sha256 and the part's metrics
     .journal/p0000/<uuid4>.jsonl  part 0's finished units while it runs (deleted once it is done)
-    stats.json, _SUCCESS          written last, when every part is done
+    stats.json, README.md         written last, when every part is done; README.md is the dataset
+                                  card: datasets.load_dataset(DIR, "texts" | "candidates" | "errors")
+    _SUCCESS                      the very last
 
 Documents are split into parts by a stable hash of their id; each part is one Beam run. A killed
 run leaves parts without a marker (or files whose hash no longer matches: a torn shard); resume
@@ -35,6 +37,8 @@ from pathlib import Path
 from toolformer.errors import UserError
 from toolformer.locking import LOCK, lock  # noqa: F401  (rundir.lock: augment's one writer)
 from toolformer.runs import (  # noqa: F401  (the file system helpers, used here and as rundir.*)
+    CARD,
+    DATASET_CARD,
     RAW,
     RESUME_HINT,
     basename,
@@ -185,6 +189,8 @@ def part_stats(out: str | Path, parts: int) -> list[dict]:
 
 
 def finish(out: str | Path, stats: dict) -> None:
-    """stats.json, then ``_SUCCESS`` last: a run with ``_SUCCESS`` is complete."""
+    """stats.json and the dataset card (``README.md``: the run loads with ``datasets.load_dataset``),
+    then ``_SUCCESS`` last: a run with ``_SUCCESS`` is complete."""
     write_json(join(out, "stats.json"), stats)
+    write_bytes(join(out, CARD), DATASET_CARD.encode("utf-8"))
     write_bytes(join(out, SUCCESS), b"")

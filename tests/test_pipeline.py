@@ -478,3 +478,18 @@ def test_augment_gives_qa_and_wikisearch_the_index(tmp_path):
     assert tool_setup(s)["config"] == {"QA": {"index": index}, "WikiSearch": {"index": index}, "Calculator": {}}
     with pytest.raises(UserError, match="--tools qa needs --index DIR"):
         tool_setup(build_settings(None, [], tools=("qa",)))
+
+
+def test_a_run_directory_loads_with_datasets(base_run, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    out = str(base_run["out"])
+    # Arrow unifies the records' keys (a key one record lacks reads as None) and types the values
+    # (an ISO date becomes a timestamp)
+    same = lambda rows: sorted(json.dumps({k: v for k, v in r.items() if v is not None}, sort_keys=True,
+                                          default=lambda t: t.date().isoformat()) for r in rows)
+    for kind in ("texts", "candidates", "errors"):
+        rows = datasets.load_dataset(out, kind, split="train").to_list()
+        assert len(rows) > 0 and same(rows) == same(read_kind(base_run["out"], kind))
+    assert datasets.load_dataset(out, split="train").num_rows == len(read_kind(base_run["out"], "texts"))

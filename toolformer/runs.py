@@ -25,6 +25,28 @@ SHARD_KINDS = ("texts", "candidates", "errors")
 SUCCESS = "_SUCCESS"
 STATS = "stats.json"
 SETTINGS = "run.json"
+CARD = "README.md"
+# The dataset card of a run: its YAML header names one configuration per shard kind, so that
+# ``datasets.load_dataset(DIR, "candidates")`` (local, or hf:// / an object store through fsspec)
+# reads the run's JSONL shards as a dataset, "texts" by default. JSONL, not the Parquet copies: one
+# builder must read every configuration of a directory, and the dead letters have no Parquet copy.
+DATASET_CARD = """---
+configs:
+- config_name: texts
+  data_files: "texts-*.jsonl*"
+  default: true
+- config_name: candidates
+  data_files: "candidates-*.jsonl*"
+- config_name: errors
+  data_files: "errors-*.jsonl*"
+---
+# A toolformer augment run
+
+`texts`: each document with its kept calls inserted; `candidates`: every sampled call with its
+losses and decision; `errors`: dead letters. `run.json` holds the settings, `stats.json` the counts.
+
+    datasets.load_dataset("<this directory>", "candidates", split="train")
+"""
 RAW = CompressionTypes.UNCOMPRESSED  # never (de)compress by file name: we hash and copy bytes
 # After a write that failed for lack of room (StorageFull): what a resume keeps and redoes.
 RESUME_HINT = (
