@@ -17,6 +17,7 @@ from typing import Any
 
 from pipelines.documents import DOC, input_limits, read_records
 from pipelines.stages import in_part, parse_journal, route_document, unit_key
+from toolformer.documents import unique_documents
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,7 @@ def expected_units(inputs: tuple[list[str], list[str]], settings, tools: dict[st
     instances = {n: get_tool(spec, **tools["config"].get(n, {})) for n, spec in tools["specs"].items()}
     windows = {n: s["window"] for n, s in tools["settings"].items()}
     records = list(_documents(*inputs, settings.text_field))
-    if settings.limit is not None:  # the pipeline's Limit: the smallest ids, before de-duplication
-        records = sorted(records, key=lambda d: d["doc_id"])[: settings.limit]
-    docs: dict[str, dict] = {}
-    for doc in records:  # the pipeline's DedupeIds: the smallest text wins
-        old = docs.get(doc["doc_id"])
-        if old is None or doc["text"] < old["text"]:
-            docs[doc["doc_id"]] = doc
+    docs, _ = unique_documents(records, settings.limit)  # the pipeline's Limit and DedupeIds
     ids = list(docs)
     keys: dict[int, set] = {part: set() for part in range(settings.parts)}
     for doc_id in ids:

@@ -42,7 +42,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from toolformer.augment_model import AugmentModel, ModelPlan, unit_tokens
-from toolformer.documents import DOC, dead_letter, doc_rng, document_date, make_document
+from toolformer.documents import DOC, dead_letter, doc_rng, document_date, make_document, unique_documents
 from toolformer.execution import CallContext, Executor
 from toolformer.filtering import batches_by_tokens, keep_if_useful
 from toolformer.insertion import insert_calls
@@ -322,17 +322,12 @@ def augment_texts(
         else:
             errors.append(made)
             counts = add_counts(counts, {"docs_bad": 1, f"bad_records:{made['reason']}": 1})
-    if settings.limit is not None:
-        docs = sorted(docs, key=lambda d: d["doc_id"])[: settings.limit]
-    unique: dict[str, dict] = {}
-    for doc in sorted(docs, key=lambda d: (d["doc_id"], d["text"])):  # one per id: the smallest text
+    unique, duplicates = unique_documents(docs, settings.limit)
+    for doc in [*unique.values(), *duplicates]:
         counts = add_counts(counts, {"docs_read": 1, "docs_truncated": int(bool(doc.get("truncated")))})
-        if doc["doc_id"] in unique:
-            counts = add_counts(counts, {"docs_duplicate_id": 1})
-            errors.append(dead_letter(doc["doc_id"], "read", "duplicate_id",
-                                      f"another document has id {doc['doc_id']!r}"))
-        else:
-            unique[doc["doc_id"]] = doc
+    for doc in duplicates:
+        counts = add_counts(counts, {"docs_duplicate_id": 1})
+        errors.append(dead_letter(doc["doc_id"], "read", "duplicate_id", f"another document has id {doc['doc_id']!r}"))
     windows = {name: s["window"] for name, s in plan.tool_settings.items()}
     units = []
     for doc in unique.values():

@@ -15,7 +15,7 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from toolformer.call_format import neutralize
@@ -76,6 +76,23 @@ def _plain(value: Any) -> Any:
         return value
     except (TypeError, ValueError):
         return str(value)
+
+
+def unique_documents(docs: Iterable[dict[str, Any]], limit: int | None = None) -> tuple[dict[str, dict], list[dict]]:
+    """The pipeline's ``Limit`` and ``DedupeIds``, in one process: with ``limit``, the documents with
+    the smallest ids (duplicates included: the limit comes first); then one document per id, the
+    one with the smallest text. Returns them by id (in id order) and the others, as dropped."""
+    docs = sorted(docs, key=lambda d: (d["doc_id"], d["text"]))
+    if limit is not None:
+        docs = docs[:limit]
+    unique: dict[str, dict] = {}
+    dropped = []
+    for doc in docs:
+        if doc["doc_id"] in unique:
+            dropped.append(doc)
+        else:
+            unique[doc["doc_id"]] = doc
+    return unique, dropped
 
 
 def stable_seed(*parts: Any) -> int:
