@@ -4,6 +4,7 @@ and checking that the metrics add up.
 
     python benchmarks/bench_load.py                      # 1,000-document baseline, then 10,000
     python benchmarks/bench_load.py --docs 2000 --baseline 200 --parts 4
+    python benchmarks/bench_load.py --docs 100000 --baseline 10000 --runner dask --workers 2
 
 The fake LM is a one-layer Llama whose next token depends only on the current one, scripted so
 that after every comma it writes `` [Calculator(1+2)]`` (a real call; the Calculator answers 3):
@@ -13,6 +14,12 @@ the RSS when the last part finished minus the RSS when the first part finished (
 processed one after another, so steady state means flat). Printed ratios compare the big run with
 the baseline run measured in the same process.
 
+``--runner dask --workers N``: the same run on Beam's Dask runner, on a ``LocalCluster`` of N
+worker processes this script starts (so it can read them): docs/s per worker, and each worker
+process's peak RSS (``VmHWM`` of /proc/<pid>/status, read in the worker when the run ends; the
+launcher's own RSS is sampled as above; a worker's peak spans every run of the script, as the
+cluster serves them all).
+
 Checks (the script exits 1 if one fails):
   documents:  input lines = texts written + bad records (dead letters) + duplicate ids
   candidates: executed = kept + dropped (not useful) + failed, and = candidate records written
@@ -21,6 +28,7 @@ Checks (the script exits 1 if one fails):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
@@ -86,7 +94,22 @@ class RssSampler(threading.Thread):
             self.stop.wait(self.period)
 
 
-def run_load(fake_lm: Path, work: Path, n: int, parts: int) -> dict:
+def worker_peaks_mb(address: str) -> dict[str, float]:
+    """Peak RSS (VmHWM) of each Dask worker process, in MB."""
+    import distributed
+
+    def peak() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    with distributed.Client(address) as client:
+        return {w: round(v, 1) for w, v in client.run(peak).items()}
+
+
+def run_load(fake_lm: Path, work: Path, n: int, parts: int, extra: list[str] | None = None,
+             address: str | None = None) -> dict:
     from pipelines.augment import run_augment
     from pipelines.settings import build_settings
 
@@ -102,6 +125,9 @@ def run_load(fake_lm: Path, work: Path, n: int, parts: int) -> dict:
             "calculator.tau_f=0.5",
             "calculator.window=64",
             "calculator.max_call_tokens=16",
+            # the fake LM always writes 1+2, which the documents' numbers do not ground: without
+            # this every call is dropped before execution and the run measures no tool work
+            "calculator.grounded=false",
             "max_batch_tokens=2048",
             f"parts={parts}",
         ],
@@ -112,7 +138,7 @@ def run_load(fake_lm: Path, work: Path, n: int, parts: int) -> dict:
     start_rss = rss_kb()
     sampler.start()
     t0 = time.perf_counter()
-    _, stats = run_augment(settings, [str(inp)], str(out), False, [])
+    _, stats = run_augment(settings, [str(inp)], str(out), False, list(extra or []))
     wall = time.perf_counter() - t0
     sampler.stop.set()
     sampler.join()
@@ -132,7 +158,12 @@ def run_load(fake_lm: Path, work: Path, n: int, parts: int) -> dict:
         "dead letters = bad + duplicates + failed": error_rows
         == docs["docs_bad"] + docs["docs_duplicate_id"] + calc["failed"],
     }
+    workers = worker_peaks_mb(address) if address else {}
     return {
+        "runner": "dask" if address else "direct",
+        "workers": len(workers) or 1,
+        "worker_peak_rss_mb": sorted(workers.values()),
+        "docs_per_s_per_worker": round(n / wall / (len(workers) or 1), 1),
         "docs": n,
         "parts": parts,
         "wall_s": round(wall, 1),
@@ -163,16 +194,27 @@ def main(argv: list[str] | None = None) -> int:
         "--parts", type=int, default=10, help="parts of the big run (the baseline scales down)"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runner", choices=["direct", "dask"], default="direct")
+    parser.add_argument("--workers", type=int, default=2, help="--runner dask: worker processes")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         fake = build_fake_lm(work)
+        extra, address = [], None
+        if args.runner == "dask":
+            import distributed
+
+            local = stack.enter_context(distributed.LocalCluster(
+                n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0"))
+            address = local.scheduler_address
+            extra = ["--runner=dask", f"--dask_client_address={address}"]
         runs = []
         if args.baseline:
-            runs.append(run_load(fake, work, args.baseline, max(2, args.parts * args.baseline // args.docs)))
+            runs.append(run_load(fake, work, args.baseline, max(2, args.parts * args.baseline // args.docs),
+                                 extra, address))
             print("baseline", json.dumps(runs[-1]), flush=True)
-        runs.append(run_load(fake, work, args.docs, args.parts))
+        runs.append(run_load(fake, work, args.docs, args.parts, extra, address))
         print("load", json.dumps(runs[-1]), flush=True)
     big = runs[-1]
     if args.baseline:
