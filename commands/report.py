@@ -128,16 +128,9 @@ def _records(paths: list[str], run_dir: str, warnings: list[str], counter: list[
         name = runs.relative(run_dir, path)
         lineno = 0
         try:
-            for lineno, line in runs.lines(path):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    _skip(warnings, counter, f"{name} line {lineno}: invalid JSON ({e.msg})")
-                    continue
-                if not isinstance(rec, dict):
-                    _skip(warnings, counter, f"{name} line {lineno}: not a JSON object")
+            for lineno, rec, problem in runs.json_lines(path):
+                if problem is not None:
+                    _skip(warnings, counter, f"{name} line {lineno}: {problem}")
                     continue
                 yield name, lineno, rec
         except (OSError, EOFError, zlib.error) as e:  # a truncated .gz shard: keep what was read, report the rest

@@ -21,16 +21,16 @@ from toolformer.filtering import keep_if_useful
 
 
 def _read_jsonl(paths: list[str]) -> list[dict]:
+    """Every record of the shards; a bad line stops refilter, naming it (nothing is written yet)."""
     rows = []
     for path in paths:
-        lines = rundir.read_bytes(path).split(b"\n")
-        if lines[-1] == b"":
-            lines.pop()
-        for n, line in enumerate(lines, start=1):
-            try:
-                rows.append(json.loads(line.decode("utf-8")))
-            except ValueError as e:
-                raise UserError(f"{path} line {n}: {e}") from None
+        try:
+            for n, row, problem in rundir.json_lines(path):
+                if problem is not None:
+                    raise UserError(f"{path} line {n}: {problem}")
+                rows.append(row)
+        except (OSError, EOFError) as e:  # a truncated or corrupt .gz shard
+            raise UserError(f"{path}: {e}") from None
     return rows
 
 

@@ -48,6 +48,7 @@ from toolformer.runs import (  # noqa: F401  (the file system helpers, used here
     has_files,
     is_local,
     join,
+    json_lines,
     match,
     mkdirs,
     read_bytes,

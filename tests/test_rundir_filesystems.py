@@ -244,7 +244,7 @@ def test_finish_writes_stats_then_success_and_a_finished_run_is_a_no_op(store):
         rundir.mark_done(OUT, part, {"docs_read": part + 1})
     assert rundir.part_stats(OUT, 2) == [{"docs_read": 1}, {"docs_read": 2}]
     rundir.finish(OUT, {"documents": 3})
-    assert FakeObjectStore.commits[-2:] == [f"{OUT}/stats.json", f"{OUT}/_SUCCESS"]
+    assert FakeObjectStore.commits[-3:] == [f"{OUT}/stats.json", f"{OUT}/README.md", f"{OUT}/_SUCCESS"]
     assert rundir.read_json(f"{OUT}/stats.json") == {"documents": 3}
     assert not any(c.endswith(".tmp") for c in FakeObjectStore.commits)
     assert rundir.prepare(OUT, {"seed": 0}, True, 2) == []

@@ -77,12 +77,12 @@ documents that hold at least one call (all formats).
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,24 +206,17 @@ class Run:
     stats: dict | None
 
 
-def _json_lines(path: str, data: bytes) -> list[dict]:
-    if path.endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise UserError(f"{path}: {e}") from None
-    rows = []
-    for n, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise UserError(f"{path} line {n}: invalid JSON ({e})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise UserError(f"{path} line {n}: not a text record (no string field 'text')")
-        rows.append(row)
-    return rows
+def _json_lines(path: str) -> Iterator[dict]:
+    """The text records of one texts shard; a bad line stops the export, naming it."""
+    try:
+        for n, row, problem in runs.json_lines(path):
+            if problem is None and not isinstance(row.get("text"), str):
+                problem = "not a text record (no string field 'text')"
+            if problem is not None:
+                raise UserError(f"{path} line {n}: {problem}")
+            yield row
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz shard
+        raise UserError(f"{path}: {e}") from None
 
 
 def read_run(run: str) -> Run:
@@ -241,7 +234,7 @@ def read_run(run: str) -> Run:
         raise UserError(f"RUN {run} has no texts-*.jsonl shards; is it an augment run directory?")
     documents = []
     for path in sorted(shards):
-        for row in _json_lines(path, runs.read_bytes(path)):
+        for row in _json_lines(path):
             doc_id = row.get("doc_id")
             documents.append(split_document(row["text"], None if doc_id is None else str(doc_id)))
     meta = {}

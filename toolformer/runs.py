@@ -194,6 +194,27 @@ def lines(path: str) -> Iterator[tuple[int, str]]:
             yield n, line.decode("utf-8", errors="replace")
 
 
+def json_lines(path: str) -> Iterator[tuple[int, dict | None, str | None]]:
+    """``(line number, record, None)`` for every JSON-object line of a shard, ``(line number, None,
+    problem)`` for a line that is not one ("invalid JSON (...)", "not a JSON object"); blank lines
+    are skipped. The one reader of a run's shards (report, export, refilter, finetune --data): what
+    a bad line costs is the caller's rule (the report skips and counts it, export and refilter stop
+    naming it), the message is the same. A truncated ``.gz`` raises ``EOFError`` (or ``OSError``)
+    after its last whole line."""
+    for n, line in lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield n, None, f"invalid JSON ({e.msg})"
+            continue
+        if isinstance(record, dict):
+            yield n, record, None
+        else:
+            yield n, None, "not a JSON object"
+
+
 def relative(run: str, path: str) -> str:
     """``path`` as the name of a file of ``run`` (for messages)."""
     prefix = str(run).rstrip("/") + "/"
