@@ -1,8 +1,9 @@
 """What runs on the Dask workers for :mod:`pipelines.dask_runner`: one bundle through one ParDo.
 
 Module-level state here lives in each worker process: the set-up DoFn instances kept between
-bundles (a pool per step and run) and the runs already torn down (the runner's module doc says why:
-items 2, 3, 4, 6, 9 and 10). The functions are sent to the workers by reference, so this module
+bundles (a pool per step and run), the runs already torn down, the runs whose options and logging
+are set, and the bundles running now (the runner's module doc says why: items 2, 3, 4, 6, 9 and 10,
+and a worker lost mid-run). The functions are sent to the workers by reference, so this module
 must stay importable there.
 """
 
@@ -51,7 +52,9 @@ _LOGGERS = ("toolformer.progress",)  # the launcher's level for these reaches th
 
 def _worker_logging(names: tuple[str, ...], level: int) -> None:
     """On a worker: these loggers at the launcher's level, printed to the worker's stderr (a Dask
-    worker configures logging for ``distributed`` only; the rest goes nowhere below WARNING)."""
+    worker configures logging for ``distributed`` only; the rest goes nowhere below WARNING).
+    Set by a process's first bundle of each run (:func:`_run_bundle`), so a worker that joins or
+    is restarted mid-run -- its nanny starts a new process after a crash -- prints them too."""
     for name in names:
         logger = logging.getLogger(name)
         logger.setLevel(level)
@@ -65,7 +68,15 @@ def _worker_logging(names: tuple[str, ...], level: int) -> None:
 _lock = threading.Lock()
 _idle: dict[tuple[str, str], list[tuple]] = {}  # set-up steps (DoFn first) not in a bundle now
 _released: set[str] = set()  # runs torn down (a straggling bundle's instance is torn down too)
-_options_set: set[str] = set()
+_options_set: set[str] = set()  # runs whose options and logging this process has set
+_running: dict[str, int] = {}  # bundles of each run running in this process now
+
+
+def _running_bundles(run_id: str) -> int:
+    """On a worker: how many bundles of the run are running in this process (a failed run's
+    cancelled tasks run on until their bundle ends; Dask cannot stop a running task)."""
+    with _lock:
+        return _running.get(run_id, 0)
 
 
 def _release_run(run_id: str) -> int:
@@ -108,6 +119,19 @@ class _Receivers(dict):
 def _run_bundle(items, key, spec: bytes, *sides) -> list:
     """One bundle (a bag partition) through one ParDo: outputs as ``(tag, value)``, then the
     bundle's metrics. The DoFn instance is a set-up one of this process when one is idle."""
+    run_id = key[0]
+    with _lock:
+        _running[run_id] = _running.get(run_id, 0) + 1
+    try:
+        return _bundle(items, key, spec, sides)
+    finally:
+        with _lock:
+            _running[run_id] -= 1
+            if not _running[run_id]:
+                del _running[run_id]
+
+
+def _bundle(items, key, spec: bytes, sides) -> list:
     from apache_beam.internal import pickler
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.metrics.execution import MetricsContainer
@@ -125,12 +149,13 @@ def _run_bundle(items, key, spec: bytes, *sides) -> list:
     fresh = cached is None
     # an instance of its own for each thread: a fresh copy of the step, or an idle set-up one
     step = pickler.loads(spec) if fresh else cached
-    fn, args, kwargs, views, windowing, options = step
+    fn, args, kwargs, views, windowing, options, levels = step
     with _lock:
         first = run_id not in _options_set
         _options_set.add(run_id)
-    if first:
+    if first:  # this process's first bundle of the run (a worker started mid-run too: a restarted one)
         FileSystems.set_options(options)
+        _worker_logging(*levels)
     out: list = []
     side_maps = [
         SideInputMap(view, opts, [GlobalWindows.windowed_value(v) for v in values])

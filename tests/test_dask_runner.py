@@ -146,11 +146,18 @@ def _split_fn():
 
 def test_runner_fixes_beams_dask_runner_gaps(cluster, tmp_path):
     """Every sink runs, tagged outputs are routed, metrics are counted, finish_bundle outputs are
-    kept and a side input is computed once (the upstream DoFn sees each element once)."""
+    kept and a side input is computed once (the upstream DoFn sees each element once); the file
+    sinks' orphaned temporary folders are deleted (a recomputed InitializeWrite leaves one), and
+    only theirs."""
     import apache_beam as beam
 
     from pipelines.augment import pipeline_options
 
+    orphans = [tmp_path / f"beam-temp-even-{'a' * 32}", tmp_path / f"beam-temp-ends-{'b' * 32}"]
+    others = [tmp_path / f"beam-temp-evens-{'c' * 32}", tmp_path / "beam-temp-even-notauuid"]
+    for folder in orphans + others:
+        folder.mkdir()
+    (orphans[0] / "shard-of-a-lost-bundle").write_text("x")
     p = beam.Pipeline(options=pipeline_options(["--runner", "dask", "--dask_client_address", cluster]))
     split = p | beam.Create(list(range(10))) | beam.ParDo(_split_fn()).with_outputs("odd", main="even")
     odd_sum = split.odd | beam.CombineGlobally(sum)
@@ -167,6 +174,29 @@ def test_runner_fixes_beams_dask_runner_gaps(cluster, tmp_path):
                   if name == "bundles" and step.startswith("ParDo(Split)"))
     assert ends == ["end"] * bundles and bundles >= 2
     assert counters(result, "test") == {("ParDo(Split)/ParDo(Split)", "seen"): 10}
+    assert sorted(result.sink_prefixes) == [str(tmp_path / "ends"), str(tmp_path / "even")]
+    assert sorted(f.name for f in tmp_path.glob("beam-temp-*")) == sorted(f.name for f in others)
+
+
+def test_a_task_whose_workers_all_died_fails_in_one_line_naming_its_step():
+    """Dask's KilledWorker (the task's workers died more often than allowed-failures) as one line."""
+    from types import SimpleNamespace
+
+    from distributed import KilledWorker
+
+    from pipelines.dask_runner import KILLED_WORKER_EXIT, DaskResult
+
+    result = DaskResult(None, None, "run", {"_run_bundle-abc": "Part/Execute"})
+    worker = SimpleNamespace(address="tcp://127.0.0.1:1234")
+    e = result._killed(KilledWorker(("_run_bundle-abc", 3), worker, 3))
+    assert str(e) == (
+        "dask: the worker process running step 'Part/Execute' died 4 times "
+        "(the last: tcp://127.0.0.1:1234; killed, out of memory or crashed: see its log) and Dask reruns a task 3 time(s) "
+        "(distributed.scheduler.allowed-failures); rerun with --resume: finished parts are kept and "
+        "the part's journaled units are not redone")
+    assert e.exit_code == KILLED_WORKER_EXIT == 5
+    unnamed = result._killed(KilledWorker(("shuffle-xyz", 0), worker, 0))
+    assert "running task ('shuffle-xyz', 0) died 1 time " in str(unnamed)
 
 
 def test_flags(tmp_path):
