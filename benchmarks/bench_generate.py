@@ -10,7 +10,13 @@ Prints, each measured in this run (tool time measured apart and left out of ever
    time, vs ``model.generate`` producing as many tokens from the same prompt (target >= 0.9x);
 3. the naive way: generate up to the arrow, run the tool, then call ``model.generate`` again on the
    whole text (prompt, call, result) for the rest -- the prefix is re-run; our loop keeps the cache;
-4. batched throughput of our loop at batch sizes 1, 2, 4, ... (should grow with the batch).
+4. batched throughput of our loop at batch sizes 1, 2, 4, 8 over as many prompts as the largest batch
+   (target: batch 8 >= 4x batch 1); the few-shot head the prompts share runs once per batch;
+5. the ceiling of batching without that: a bare forward loop (prefill, then 1-token steps; no tools,
+   no bookkeeping) over the same prompts at batch 1 and the largest batch, and its decode steps alone.
+
+4 and 5 also give rates per CPU second of this process, steadier than the wall clock on a busy
+machine (with ``--threads 1``; with more threads they count every thread's time).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import time
 
 import torch
 
+from toolformer.cache_api import cache_keyword
 from toolformer.generation import GenerationConfig, ToolGenerator
 from toolformer.models import DEFAULT_MODEL, load_model
 from tools.base import get_tool
@@ -67,6 +74,7 @@ def main() -> None:
     model, tok = load_model(args.model)
     device = model.device
     api = tok(" [", add_special_tokens=False).input_ids[0]
+    cache_kw = cache_keyword(model)
     calc = get_tool("Calculator")
     prompts = [FEW_SHOT + t for t in (TASKS * 4)[:args.prompts]]
     print(f"model {args.model} on {device} ({model.dtype}), {args.prompts} prompts of ~"
@@ -105,13 +113,62 @@ def main() -> None:
     print(f"3. naive re-generate after the result: {ours_n / naive_t:7.1f} tok/s   "
           f"ours {ours_n / ours_t:7.1f} tok/s   gain {naive_t / ours_t:.2f}x")
 
-    # 4. batched throughput
-    rates = []
-    for bs in [int(b) for b in args.batch_sizes.split(",")]:
-        outs, t = timed(lambda bs=bs: on.generate(prompts, batch_size=bs), device)
+    # 4. batched throughput, over enough prompts to fill the largest batch
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    batch_prompts = [FEW_SHOT + t for t in (TASKS * 4)[:max(args.prompts, *sizes)]]
+    # Also per CPU second of this process: on a shared machine other processes stretch the wall
+    # time of one batch size more than another's; with one torch thread the CPU time is the work.
+    rates, cpu_rates = [], []
+    for bs in sizes:
+        cpu = time.process_time()
+        outs, t = timed(lambda bs=bs: on.generate(batch_prompts, batch_size=bs), device)
+        cpu = time.process_time() - cpu
         n = sum(o.num_tokens for o in outs)
         rates.append(n / (t - on.tool_seconds))
-        print(f"4. batch size {bs:3d}: {rates[-1]:7.1f} tok/s  ({rates[-1] / rates[0]:.2f}x batch 1)")
+        cpu_rates.append(n / cpu)
+        print(f"4. batch size {bs:3d}: {rates[-1]:7.1f} tok/s  ({rates[-1] / rates[0]:.2f}x batch 1)   "
+              f"per CPU second {cpu_rates[-1]:7.1f} tok/s ({cpu_rates[-1] / cpu_rates[0]:.2f}x)   "
+              f"{len(batch_prompts)} prompts")
+
+    # 5. the bare forward loop: what batching alone gives, without sharing the prompts' head
+    big = max(sizes)
+    one = [bare_loop(model, tok, [p], args.new_tokens, cache_kw) for p in batch_prompts[:big]]
+    many = bare_loop(model, tok, batch_prompts[:big], args.new_tokens, cache_kw)
+    n, steps = big * args.new_tokens, args.new_tokens - 1
+    t1, d1, c1, e1 = (sum(r[i] for r in one) for i in range(4))
+    print(f"5. bare forward loop: batch 1 {n / t1:7.1f} tok/s, batch {big} {n / many[0]:7.1f} tok/s "
+          f"({t1 / many[0]:.2f}x, per CPU second {c1 / many[2]:.2f}x: the ceiling without a shared head); "
+          f"its 1-token steps alone {1000 * d1 / (big * steps):.0f} vs {1000 * many[1] / steps:.0f} ms per step "
+          f"({d1 / many[1]:.2f}x, per CPU second {e1 / many[3]:.2f}x)")
+
+
+@torch.inference_mode()
+def bare_loop(model, tok, texts: list[str], n: int, cache_kw: str) -> tuple[float, float, float, float]:
+    """Seconds for ``model`` alone to write ``n`` greedy tokens after each of ``texts`` as one
+    left-padded batch (prefill, then ``n - 1`` 1-token steps on a DynamicCache), and those of the
+    steps; then the same two in CPU seconds of this process."""
+    from transformers import DynamicCache
+
+    device = model.device
+    enc = tok(texts, return_tensors="pt", padding=True, padding_side="left").to(device)
+    mask = enc.attention_mask
+    cache = DynamicCache(config=model.config)
+    sync(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=enc.input_ids, attention_mask=mask, position_ids=pos, **{cache_kw: cache},
+                   use_cache=True, logits_to_keep=1).logits
+    sync(device)
+    prefilled, cpu_prefilled = time.perf_counter(), time.process_time()
+    pos = pos[:, -1:]
+    for _ in range(n - 1):
+        token = logits[:, -1].argmax(-1, keepdim=True)
+        pos, mask = pos + 1, torch.cat([mask, torch.ones_like(token)], dim=1)
+        logits = model(input_ids=token, attention_mask=mask, position_ids=pos, **{cache_kw: cache},
+                       use_cache=True, logits_to_keep=1).logits
+    sync(device)
+    end, cpu_end = time.perf_counter(), time.process_time()
+    return end - start, end - prefilled, cpu_end - cpu_start, cpu_end - cpu_prefilled
 
 
 def naive(model, tok, prompt, out, api, device) -> float:

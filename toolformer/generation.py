@@ -35,8 +35,17 @@ The decode loop, as in the paper (section "Inference", METHOD.md "Decoding with 
   kept per row, so a row's logits do not depend on the holes). Cache columns that are holes for every
   row at the end of the cache are cut with ``DynamicCache.crop``: for a single row a rollback crops the
   cache back to the position before `` [``. Finished rows leave the batch (``batch_select_indices``).
-  Tools run synchronously between two forward passes, so a row waiting on a tool holds the others
-  exactly as long as the tool takes.
+  Tools run between two forward passes, so a row waiting on a tool holds the others as long as the
+  tool takes; the calls of the rows that reach the arrow in the same step run concurrently, in a pool
+  of up to ``tool_threads`` threads: all side by side with an executor that declares
+  ``thread_safe = True``; otherwise one call per distinct tool at a time (a tool need not be
+  reentrant; the calls of one tool go in the rows' order), and one call at a time with an executor
+  that keeps an SQLite cache (``cache_path``: ``tools.executor.ToolExecutor``'s connection serves
+  only the thread that opened it). Outcomes, and sampled tokens, are those of running the calls one
+  by one in the rows' order.
+* A batch whose prompts share a head of at least 16 tokens (a few-shot prompt) runs it once: the
+  prefill is compute-bound, while a 1-token step of 8 rows costs far less than 8 steps of 1 row, so
+  the head would otherwise cost a batch of 8 as much as all its decode steps.
 
 Streaming (one prompt): :meth:`ToolGenerator.tokens` yields a :class:`TokenEvent` for each decision
 as it is made -- a token appended, the result ids injected at an arrow, a failed call taken back --
@@ -163,17 +172,22 @@ class ToolGenerator(DecodeLoop):
         logits_processor: optional transformers ``LogitsProcessorList`` applied to the raw next-token
             scores before the trigger test (``input_ids`` are the rows' real tokens, left-padded).
         fmt: the call markers.
+        tool_threads: the most calls, of rows that reach the arrow in the same step, run at once
+            (1: one after another, in the rows' order). See the module docstring for which run together.
     """
 
     def __init__(self, model, tokenizer, executor: Executor,
                  config: GenerationConfig | None = None, logits_processor=None,
-                 fmt: CallFormat = DEFAULT_FORMAT):
+                 fmt: CallFormat = DEFAULT_FORMAT, tool_threads: int = 8):
         self.model = model
         self.tokenizer = tokenizer
         if not callable(getattr(executor, "execute", None)):
             raise TypeError(f"executor must have execute(tool, input, context), got {type(executor).__name__} "
                             "(wrap a {name: Tool} mapping in tools.executor.ToolExecutor)")
         self.executor = executor
+        if tool_threads < 1:
+            raise ValueError(f"tool_threads must be >= 1, got {tool_threads}")
+        self.tool_threads = tool_threads
         self.config = config or GenerationConfig()
         self.logits_processor = logits_processor
         self.fmt = fmt
@@ -196,7 +210,7 @@ class ToolGenerator(DecodeLoop):
         self._split_special = bool(tokenizer.all_special_tokens)
         self.device = next(model.parameters()).device
         self._cache_kw = cache_keyword(model)
-        self.tool_seconds = 0.0  # time spent in tools by the last generate()/stream()/tokens()
+        self.tool_seconds = 0.0  # time the last generate()/stream()/tokens() waited on tools (wall clock)
         self.oom_retries = 0  # batches the last generate() decoded again, halved, after running out of memory
         self.last_output: GenerationOutput | None = None  # the last stream()'s or tokens()'s full output
         self.last_decoded_tokens = 0  # token ids the last tokens()/stream() decoded to make its text
