@@ -22,6 +22,7 @@ machine (with ``--threads 1``; with more threads they count every thread's time)
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -68,10 +69,14 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     parser.add_argument("--batch-sizes", default="1,2,4,8")
+    parser.add_argument("--device", default=None, help="cuda, cpu or mps (default: the best available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_generate: --device cuda, but no CUDA device is available")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
     device = model.device
     api = tok(" [", add_special_tokens=False).input_ids[0]
     cache_kw = cache_keyword(model)
