@@ -7,7 +7,7 @@
 
 Steps (each a labelled transform; logic in pipelines/stages.py and toolformer/{sampling,filtering};
 reading in pipelines/inputs.py, writing in pipelines/sinks.py, stats.json in pipelines/stats.py):
-ReadDocs -> SelectPart -> DedupeIds -> Route -> [JoinJournal -> Resume, on a resumed part] ->
+SplitFiles -> SpreadSplits -> ReadDocs -> SelectPart -> DedupeIds -> Route -> [JoinJournal -> Resume, on a resumed part] ->
 ScoreAndSample (RunInference) -> CountSamples -> Execute -> Filter (RunInference) ->
 CandidateRecords -> FinishUnit (counts, journals) -> JoinByDoc -> Merge -> Write*.
 
@@ -53,7 +53,7 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import dask_runner, rundir
-from pipelines.inputs import ParseFileFn, SelectPartFn, split_inputs
+from pipelines.inputs import ParseFileFn, SelectPartFn, SplitFileFn, SpreadSplits, dataset_split, split_inputs
 from pipelines.model_handler import AugmentModelHandler
 from toolformer.augment import model_plan
 from pipelines.refilter import check_settled, refilter  # re-exported (see __all__)
@@ -139,16 +139,20 @@ def build_pipeline(
             expected_units=expected_units if task == "sample" else None,
         )
 
+    # Input in splits (pipelines/inputs.py): each matched file as byte ranges, row groups or whole,
+    # spread over the workers, each split read by one worker.
+
     read_files = (
         p
         | "InputPatterns" >> beam.Create(files)
         | "MatchFiles" >> fileio.MatchAll()
-        | "OpenFiles" >> fileio.ReadMatches()
+        | "SplitFiles" >> beam.ParDo(SplitFileFn())
     )
-    read_dirs = p | "InputDatasets" >> beam.Create(dirs)
+    read_dirs = p | "InputDatasets" >> beam.Create(dirs) | "DatasetSplits" >> beam.Map(dataset_split)
     parsed = (
         (read_files, read_dirs)
         | "AllInputs" >> beam.Flatten()
+        | "SpreadSplits" >> SpreadSplits()
         | "ReadDocs" >> beam.ParDo(ParseFileFn(settings.text_field)).with_outputs(DEAD, main="docs")
     )
     docs = parsed.docs
