@@ -87,3 +87,36 @@ def encode_texts(texts: list[str], tokenizer, max_length: int, mask_results: boo
         out["attention_mask"].append([1] * len(ids))
         out["labels"].append(labels)
     return out
+
+
+class PadCollator:
+    """Stack a list of :func:`encode_texts` features into int64 tensors, padded to the batch's longest.
+
+    The same tensors as ``transformers.DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)``
+    (``input_ids`` padded with the pad token, ``attention_mask`` with 0, ``labels`` with -100, on
+    the tokenizer's padding side) built with one ``torch.tensor`` call per field instead of
+    ``tokenizer.pad``'s per-example Python work: the collator runs on every micro-batch, inside
+    the training loop.
+    """
+
+    def __init__(self, tokenizer):
+        pad = tokenizer.pad_token_id
+        if pad is None:  # load_model sets one; without it there is nothing to pad input_ids with
+            raise ValueError("the tokenizer has no pad token")
+        self.pad = {"input_ids": pad, "attention_mask": 0, "labels": IGNORE_INDEX}
+        self.left = tokenizer.padding_side == "left"
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        out = {}
+        for key in features[0]:
+            rows = [list(f[key]) for f in features]
+            longest = max(map(len, rows))
+            fill = self.pad.get(key, 0)
+            if self.left:
+                rows = [[fill] * (longest - len(r)) + r for r in rows]
+            else:
+                rows = [r + [fill] * (longest - len(r)) for r in rows]
+            out[key] = torch.tensor(rows, dtype=torch.long)
+        return out
