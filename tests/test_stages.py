@@ -8,7 +8,7 @@ from __future__ import annotations
 import apache_beam as beam
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline  # (not collected as a test class)
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.stages import (
@@ -33,7 +33,7 @@ def counters(result) -> dict[str, int]:
 
 
 def run(build):
-    p = TestPipeline()
+    p = BeamTestPipeline()
     build(p)
     result = p.run()
     result.wait_until_finish()
