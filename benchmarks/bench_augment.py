@@ -9,17 +9,19 @@ tau_s = 0, tau_f = 0.5:
 * naive (what public ports do): batch size 1; the position scores from one pass over P(x) + x;
   per position ``generate(num_return_sequences=m)`` with the few-shot prompt re-encoded each
   time; per candidate three separate full forward passes for L+, L(eps) and L(call, eps).
-* ours, exact: :class:`pipelines.model_handler.AugmentModel` (cached prompt head, one scoring pass
-  whose cache sampling reuses, shared-prefix filter passes over text up to i + 4, batches).
+* ours, exact: :class:`toolformer.augment_model.AugmentModel` (cached prompt head, one scoring pass
+  whose cache sampling reuses, a decode row pool kept full across positions and documents
+  (continuous batching), shared-prefix filter passes over text up to i + 4, batches).
 * ours, lazy: L(call without result) only where L(eps) - L+ >= tau_f (otherwise the call is
   rejected whatever it is): the exact method's kept calls, with about half the filter's passes.
 * ours, window W: the filter's left context cut to the W tokens before position i (sampling
   unchanged), a speed setting that departs from the paper; the kept calls of both are compared.
 
-The naive filter is also run on our candidates: equal losses show that our filter is exact, so
-the speed-up is not bought with a different method. Reports docs/s, candidates/s, time per
-stage, ratios, and the model FLOPs done per second next to this machine's fp32 matmul rate.
-The Beam runner's own start-up (~5-10 s per run) is not included: it does not grow with N.
+The naive filter also runs on our candidates: equal losses show our filter is exact. Reports docs/s,
+candidates/s, time per stage, ratios, and useful model FLOPs per second (:class:`FlopCounter`: real
+tokens and attended keys, filter included) beside this machine's fp32 matmul rate, measured around
+each run (other jobs move both), overall and per stage of ours. ``--decode-rows`` prints the decode
+step time vs rows that sized the sampling pool; ``--dump`` writes the exact run's candidates.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.model_handler import AugmentModel
+from toolformer.augment_model import AugmentModel
 from toolformer.call_format import render_call
 from toolformer.filtering import keep_if_useful, loss_weights, weighted_loss
 from toolformer.models import DEFAULT_MODEL
@@ -69,27 +71,53 @@ def gsm8k_documents(path: str | Path, n: int) -> list[dict]:
 
 
 class FlopCounter:
-    """Approximate forward FLOPs: 2 x body parameters per token, the LM head per logit row, and
-    attention (4 x layers x d x context per token). Counted from each forward call's inputs."""
+    """Useful forward FLOPs, counted from each pass's inputs: 2 x body parameters per real token,
+    attention 4 x layers x d per (query, attended key) pair, and the LM head per logit row.
+
+    Hooks the decoder and the output layer (the filter calls them directly, not the causal LM),
+    reads the cache under both names (``cache`` since transformers 5.24, ``past_key_values``) and
+    the attention mask, so padding, masked cache columns and the pool's left padding are not
+    counted as work done. ``stage`` labels what is counted (``by_stage``); a single-token pass with
+    a cache is a decode step (``sample``), a longer one with a cache the scoring pass."""
 
     def __init__(self, model):
         cfg = model.config
         self.d, self.layers, self.vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
+        head = model.get_output_embeddings().weight.numel()
         emb = model.get_input_embeddings().weight.numel()
-        self.body = sum(p.numel() for p in model.parameters()) - emb  # tied head counted below
+        self.body = sum(p.numel() for p in model.parameters()) - emb - (0 if cfg.tie_word_embeddings else head)
         self.flops = 0.0
-        model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self.stage = "other"
+        self.by_stage: dict[str, float] = {}
+        self._pass = "other"
+        model.get_decoder().register_forward_pre_hook(self._body_hook, with_kwargs=True)
+        model.get_output_embeddings().register_forward_pre_hook(self._head_hook)
 
-    def _hook(self, module, args, kwargs):
+    def _add(self, flops: float) -> None:
+        self.flops += flops
+        self.by_stage[self._pass] = self.by_stage.get(self._pass, 0.0) + flops
+
+    def _body_hook(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         b, t = ids.shape
-        past = kwargs.get("past_key_values")
-        ctx = (past.get_seq_length() if past is not None else 0) + t
-        keep = kwargs.get("logits_to_keep", 0)
-        rows = b * (keep if isinstance(keep, int) and keep > 0 else t)
-        self.flops += (
-            2 * self.body * b * t + 2 * self.d * self.vocab * rows + 4 * self.layers * self.d * b * t * ctx
-        )
+        past = kwargs.get("cache", kwargs.get("past_key_values"))
+        self._pass = self.stage
+        if self.stage == "sample":
+            self._pass = "sample" if t == 1 and past is not None else "score"
+        mask = kwargs.get("attention_mask")
+        if mask is None or mask.dim() != 2:
+            p = past.get_seq_length() if past is not None else 0
+            tokens, pairs = b * t, b * (t * p + t * (t + 1) / 2)
+        else:
+            m = mask.long().cpu()
+            new, before = m[:, -t:], m[:, :-t].sum(-1, keepdim=True)
+            tokens = int(new.sum())
+            pairs = float((new * (before + new.cumsum(-1))).sum())
+        self._add(2 * self.body * tokens + 4 * self.layers * self.d * pairs)
+
+    def _head_hook(self, module, args):
+        rows = args[0].numel() // args[0].shape[-1]
+        self._add(2 * self.d * self.vocab * rows)
 
 
 def matmul_gflops(seconds: float = 2.0) -> float:
@@ -102,7 +130,9 @@ def matmul_gflops(seconds: float = 2.0) -> float:
     return 2 * 1024**3 * n / (time.perf_counter() - t0) / 1e9
 
 
-def run_ours(am: AugmentModel, docs: list[dict], executor: ToolExecutor, window: int) -> dict:
+def run_ours(
+    am: AugmentModel, docs: list[dict], executor: ToolExecutor, window: int, counter: FlopCounter | None = None
+) -> dict:
     """Our method, stage by stage, without Beam (the pipeline runs exactly these calls)."""
     from pipelines.stages import split_windows
 
@@ -113,8 +143,17 @@ def run_ours(am: AugmentModel, docs: list[dict], executor: ToolExecutor, window:
         for d in docs
         for off, text, n in split_windows(d["text"], am.tokenizer, window)
     ]
+    if counter is not None:
+        counter.stage = "sample"
     sampled = am.sample(units)
     times["score+sample"] = time.perf_counter() - t0
+    # the split inside am.sample (the scoring passes and the pool's decoding interleave)
+    detail = {
+        "score": sum(s["timing"]["score_s"] for s in sampled),
+        "sample": sum(s["timing"]["sample_s"] for s in sampled),
+    }
+    if counter is not None:
+        counter.stage = "filter"
     t0 = time.perf_counter()
     for u, s in zip(units, sampled):
         u["candidates"] = []
@@ -125,6 +164,9 @@ def run_ours(am: AugmentModel, docs: list[dict], executor: ToolExecutor, window:
     t0 = time.perf_counter()
     losses = am.losses(units)
     times["filter"] = time.perf_counter() - t0
+    detail["filter"] = times["filter"]
+    if counter is not None:
+        counter.stage = "other"
     cands = []
     for u, res in zip(units, losses):
         ok = [c for c in u["candidates"] if c["error"] is None]
@@ -141,6 +183,7 @@ def run_ours(am: AugmentModel, docs: list[dict], executor: ToolExecutor, window:
             )
     return {
         "times": times,
+        "detail": detail,
         "candidates": cands,
         "failed": sum(1 for u in units for c in u["candidates"] if c["error"] is not None),
     }
@@ -160,11 +203,17 @@ def naive_losses(model, tok, start_id: int, text: str, i: int, plus: str, minus:
 
 
 @torch.no_grad()
-def run_naive(am: AugmentModel, docs: list[dict], executor: ToolExecutor, template: str) -> dict:
+def run_naive(
+    am: AugmentModel, docs: list[dict], executor: ToolExecutor, template: str, probes: list | None = None
+) -> dict:
+    """The naive way; ``probes`` (a list) gets the matmul rate after each document (0.5 s each,
+    not timed): the run is long and a shared machine's load moves during it."""
     model, tok = am.model, am.tokenizer
     times = {"score+sample": 0.0, "execute": 0.0, "filter": 0.0}
     cands = []
     for d in docs:
+        if probes is not None:
+            probes.append(matmul_gflops(0.5))
         t0 = time.perf_counter()
         prompt = template.replace("{input}", d["text"])
         p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
@@ -214,10 +263,14 @@ def run_naive(am: AugmentModel, docs: list[dict], executor: ToolExecutor, templa
             )
             times["filter"] += time.perf_counter() - t0
             cands.append({"doc_id": d["doc_id"], "input": arg, "kept": keep_if_useful(lp, lm, TAU_F)})
+    if probes is not None:
+        probes.append(matmul_gflops(0.5))
     return {"times": times, "candidates": cands}
 
 
-def summary(name: str, res: dict, n_docs: int, flops: float) -> dict:
+def summary(name: str, res: dict, n_docs: int, counter: FlopCounter, peak: float) -> dict:
+    """One line per way; for ours also each model stage's useful GFLOP/s and its share of the
+    machine's fp32 matmul rate (``peak``, measured in the same run)."""
     total = sum(res["times"].values())
     kept = sum(c["kept"] for c in res["candidates"])
     row = {
@@ -228,10 +281,63 @@ def summary(name: str, res: dict, n_docs: int, flops: float) -> dict:
         "candidates_per_s": round(len(res["candidates"]) / total, 3),
         "kept": kept,
         "stage_seconds": {k: round(v, 2) for k, v in res["times"].items()},
-        "model_gflops_per_s": round(flops / total / 1e9, 2),
+        "model_gflops": round(counter.flops / 1e9, 1),
+        "model_gflops_per_s": round(counter.flops / total / 1e9, 2),
+        "matmul_around": round(peak, 1),
+        "model_share_of_matmul": round(counter.flops / total / 1e9 / peak, 3),
     }
+    if "detail" in res:
+        row["stages"] = {
+            k: {
+                "seconds": round(sec, 2),
+                "gflop": round(counter.by_stage.get(k, 0.0) / 1e9, 1),
+                "gflops_per_s": round(counter.by_stage.get(k, 0.0) / max(sec, 1e-9) / 1e9, 2),
+                "share_of_matmul": round(counter.by_stage.get(k, 0.0) / max(sec, 1e-9) / 1e9 / peak, 3),
+            }
+            for k, sec in res["detail"].items()
+        }
     print(json.dumps(row))
     return row
+
+
+@torch.no_grad()
+def decode_rows_table(model, context: int = 800, rows=(1, 2, 4, 8, 16, 24, 32, 48, 64, 96)) -> list[dict]:
+    """Decode step time vs rows at ``context`` cached tokens (the sampling pool's step), to pick
+    the pool's row budget (``toolformer.sampling.DECODE_ROWS_CPU``): the knee where the time
+    per row stops falling. Median of 3 steps per size, through the pool's own cache layer."""
+    from transformers import DynamicCache
+
+    from toolformer.cache_api import cache_keyword
+    from toolformer.sampling import _PoolLayer
+
+    cfg = model.config
+    heads, dim = cfg.num_key_value_heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    like = torch.zeros(1, heads, 1, dim, dtype=model.dtype, device=model.device)
+    table = []
+    for r in rows:
+        layers = [_PoolLayer(like, r, context + 8) for _ in range(cfg.num_hidden_layers)]
+        for layer in layers:
+            layer._k.normal_()
+            layer._v.normal_()
+        times = []
+        for step in range(4):
+            for layer in layers:
+                layer.window(r, 0, context + step)
+            cache = DynamicCache()
+            cache.layers = list(layers)
+            t0 = time.perf_counter()
+            model(
+                input_ids=torch.full((r, 1), 5, device=model.device),
+                attention_mask=torch.ones((r, context + step + 1), dtype=torch.long, device=model.device),
+                position_ids=torch.full((r, 1), context + step, device=model.device),
+                **{cache_keyword(model): cache},
+                use_cache=True,
+            )
+            times.append(time.perf_counter() - t0)
+        step_s = sorted(times[1:])[1]
+        table.append({"rows": r, "step_ms": round(1000 * step_s, 1), "ms_per_row": round(1000 * step_s / r, 2)})
+        print(json.dumps({"decode_rows": table[-1]}))
+    return table
 
 
 def main() -> None:
@@ -248,6 +354,11 @@ def main() -> None:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument(
+        "--decode-rows", action="store_true",
+        help="only print decode step time vs rows (the sampling pool's knee) and exit",
+    )
+    ap.add_argument("--dump", help="write the exact run's candidates (losses, kept) to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -262,6 +373,11 @@ def main() -> None:
         "max_call_tokens": MAX_CALL,
         "temperature": 1.0,
     }
+    if args.decode_rows:
+        from toolformer.models import load_model
+
+        decode_rows_table(load_model(args.model, device="cpu")[0])
+        return
     peak = matmul_gflops()
     print(
         json.dumps(
@@ -295,15 +411,21 @@ def main() -> None:
     results = {}
     for name, ctx, lazy in runs:
         am.context_window, am.lazy_filter = ctx, lazy
-        counter.flops = 0.0
-        res = results[name] = run_ours(am, docs, executor, 100_000)
-        rows.append(summary(name, res, len(docs), counter.flops))
+        counter.flops, counter.by_stage = 0.0, {}
+        before = matmul_gflops(1.0)
+        res = results[name] = run_ours(am, docs, executor, 100_000, counter)
+        res["matmul_around"] = (before + matmul_gflops(1.0)) / 2
+        rows.append(summary(name, res, len(docs), counter, res["matmul_around"]))
         if name == "ours-exact":
             exact = res
             kept = [
                 (c["doc_id"], c["position"], c["call"], c["result"]) for c in res["candidates"] if c["kept"]
             ]
             print(json.dumps({"kept_calls_exact": kept}))
+            if args.dump:
+                fields = ("doc_id", "position", "call", "result", "loss_plus", "loss_minus", "loss_empty",
+                          "loss_no_result", "kept")
+                Path(args.dump).write_text(json.dumps([{f: c[f] for f in fields} for c in res["candidates"]], indent=0))
             continue
         if lazy:  # the same decisions as the same run without lazy filtering
             ref = {key(c): c["kept"] for c in results[name.removesuffix("-lazy")]["candidates"]}
@@ -340,8 +462,9 @@ def main() -> None:
                 }
             )
         )
-    # exactness: the naive three-pass filter on our candidates gives our losses
-    diffs = []
+    # exactness: the naive three-pass filter on our candidates gives our losses and decisions
+    diffs, same = [], 0
+    counter.stage = "other"
     for c in exact["candidates"][:8]:
         lp, lm = naive_losses(
             am.model,
@@ -353,17 +476,25 @@ def main() -> None:
             render_call("Calculator", c["input"]),
         )
         diffs.append(max(abs(lp - c["loss_plus"]), abs(lm - c["loss_minus"])))
-    print(json.dumps({"filter_exactness_max_abs_diff": max(diffs) if diffs else None, "checked": len(diffs)}))
+        same += keep_if_useful(lp, lm, TAU_F) == c["kept"]
+    print(json.dumps({"filter_exactness_max_abs_diff": max(diffs) if diffs else None, "checked": len(diffs),
+                      "naive_filter_same_decisions": same}))
     if args.skip_naive:
         return
-    counter.flops = 0.0
-    naive = summary("naive", run_naive(am, docs, executor, calc.prompt_template), len(docs), counter.flops)
+    counter.flops, counter.by_stage, counter.stage = 0.0, {}, "naive"
+    probes: list[float] = []
+    res = run_naive(am, docs, executor, calc.prompt_template, probes)
+    naive_peak = sum(probes) / len(probes)
+    naive = summary("naive", res, len(docs), counter, naive_peak)
+    print(json.dumps({"matmul_fp32_gflops_during_naive": [round(p, 1) for p in probes],
+                      "matmul_fp32_gflops_at_end": round(matmul_gflops(), 1)}))
+    # raw: docs/s over docs/s in this run; at equal matmul rate: each way's time scaled to the
+    # naive run's matmul rate (the load of a shared machine moves during the run: a way that ran
+    # while the machine was faster is charged for it)
     for row in rows:
-        print(
-            json.dumps(
-                {"speedup_docs_per_s": {row["way"]: round(row["docs_per_s"] / naive["docs_per_s"], 1)}}
-            )
-        )
+        raw = naive["seconds"] / row["seconds"]  # the same documents: docs/s over docs/s
+        print(json.dumps({"speedup_docs_per_s": {row["way"]: round(raw, 1)},
+                          "at_equal_matmul_rate": round(raw * naive_peak / row["matmul_around"], 1)}))
 
 
 if __name__ == "__main__":

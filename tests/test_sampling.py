@@ -196,7 +196,7 @@ def test_samples_of_a_position_share_rows_until_they_differ(setup):
 
 
 def test_place_children_keeps_rows_and_fills_holes():
-    from toolformer.sampling import _place_children
+    from toolformer.row_pool import _place_children
 
     # child j continues row parents[j]; first children keep their rows, forks fill the holes
     assert _place_children([0, 1, 2]) == ([0, 1, 2], [])

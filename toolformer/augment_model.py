@@ -27,10 +27,10 @@ from toolformer.insertion import char_position
 from toolformer.models import ModelError, load_model
 from toolformer.sampling import (
     PromptCache,
+    RowPool,
     SampleRequest,
     call_start_check,
     parse_sampled_call,
-    sample_calls,
     score_positions,
     select_positions,
     stable_seed,
@@ -100,6 +100,8 @@ class AugmentModel:
         templates: tool name -> few-shot prompt template with one ``{input}`` slot.
         tool_settings: tool name -> ToolSettings fields (tau_s, k, m, max_call_tokens, temperature).
         takes_input: tool name -> whether the tool takes an input (Calendar does not).
+        decode_rows: rows of the sampling pool (default: the knee measured for the device,
+            :func:`toolformer.sampling.decode_rows_for`); the token budget bounds it too.
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class AugmentModel:
         context_window: int | None = None,
         device: str | None = None,
         lazy_filter: bool = False,
+        decode_rows: int | None = None,
     ):
         self.model, self.tokenizer = load_model(model_spec, device=device)
         tok = self.tokenizer
@@ -130,6 +133,7 @@ class AugmentModel:
         self.first_batch_tokens, self.oom_halvings = max_batch_tokens, 0  # (see infer)
         self.context_window = context_window
         self.lazy_filter = lazy_filter
+        self.decode_rows = decode_rows  # the sampling pool's rows (None: measured default for the device)
         self.prompts = {name: PromptCache(self.model, tok, t) for name, t in templates.items()}
         self.closing, self.abandoning = stop_token_ids(tok)
         self.space_start, self.line_end, self.blank = token_classes(tok)
@@ -211,14 +215,30 @@ class AugmentModel:
 
     def sample(self, units: list[dict]) -> list[dict]:
         """Score positions and sample calls for each unit ``{"doc_id", "tool", "offset", "text",
-        "seed"}``; returns per unit its kept positions, parsed unique candidates and counts."""
+        "seed"}``; returns per unit its kept positions, parsed unique candidates and counts.
+
+        One :class:`~toolformer.sampling.RowPool` serves the whole call: each scoring batch's
+        positions join it as they are scored, and rows freed by ended samples are refilled at once
+        from any window, document or tool of ``units``. The pool runs until every position of a
+        batch has its row before the next batch is scored (one batch's scoring cache alive at a
+        time), and is drained at the end. Samples do not depend on this schedule (each draws from its
+        own seed) up to float rounding: the batch shape moves logits by ~1e-5, which flips a draw only
+        where its uniform lands that close to a CDF boundary (1 sample in 150 on 6 GSM8K documents)."""
         results: list[dict | None] = [None] * len(units)
         by_tool: dict[str, list[int]] = {}
         for n, u in enumerate(units):
             by_tool.setdefault(u["tool"], []).append(n)
+        pool = RowPool(
+            self.model, self.api_id, self.closing, self.abandoning,
+            max_rows=self.decode_rows, max_cache_tokens=16 * self.max_batch_tokens,
+        )
+        done: list[tuple] = []  # per scoring batch: (tool, units, kept positions, probs, encodings, requests, samples)
+        score_s: dict[int, float] = {}
+        sample_s = 0.0
         for tool, members in sorted(by_tool.items()):
             prompt = self.prompts[tool]
             s = self.settings[tool]
+            viable = call_start_check(self.tokenizer, tool)
             enc = [self.encode_text(units[n]["text"]) for n in members]
             mids = [
                 self.tokenizer(prompt.parts.middle(units[n]["text"]), add_special_tokens=False)["input_ids"]
@@ -237,46 +257,42 @@ class AugmentModel:
                     self.pad_id,
                 )
                 t1 = time.perf_counter()
-                requests, kept = [], []
+                requests, kept, probs = [], [], scored.probs
                 for row, c in enumerate(chunk):
                     u = units[members[c]]
-                    probs = scored.probs[row]
+                    p = probs[row]
                     if s.get("positions", "token") == "word":
-                        probs = probs.masked_fill(~self.word_starts(enc[c][0]), 0.0)
-                    positions = select_positions(probs, s["k"], s["tau_s"])
+                        p = p.masked_fill(~self.word_starts(enc[c][0]), 0.0)
+                    positions = select_positions(p, s["k"], s["tau_s"])
                     kept.append(positions)
                     requests += [
                         SampleRequest(row, i, stable_seed(u["seed"], u["doc_id"], tool, u["offset"], i, j))
                         for i in positions
                         for j in range(s["m"])
                     ]
-                samples = sample_calls(
-                    self.model,
-                    scored,
-                    requests,
-                    self.api_id,
-                    self.closing,
-                    self.abandoning,
-                    s["max_call_tokens"],
-                    s["temperature"],
-                    max_cache_tokens=16 * self.max_batch_tokens,
-                    viable=call_start_check(self.tokenizer, tool),
+                    score_s[members[c]] = (t1 - t0) / len(chunk)
+                samples = pool.add(scored, requests, s["max_call_tokens"], s["temperature"], viable)
+                del scored  # the pool holds it until its last position has a row
+                pool.run(drain=False)
+                sample_s += time.perf_counter() - t1
+                done.append((tool, [members[c] for c in chunk], kept, probs, [enc[c] for c in chunk], requests, samples))
+        t0 = time.perf_counter()
+        pool.run()
+        sample_s += time.perf_counter() - t0
+        for tool, ns, kept, probs, encs, requests, samples in done:
+            by_row: dict[int, list] = {}
+            for req, toks in zip(requests, samples):
+                by_row.setdefault(req.row, []).append((req.position, toks))
+            for row, n in enumerate(ns):
+                results[n] = self._candidates(
+                    units[n],
+                    tool,
+                    kept[row],
+                    probs[row],
+                    encs[row],
+                    by_row.get(row, []),
+                    {"score_s": score_s[n], "sample_s": sample_s / len(units)},
                 )
-                t2 = time.perf_counter()
-                by_row: dict[int, list] = {}
-                for req, toks in zip(requests, samples):
-                    by_row.setdefault(req.row, []).append((req.position, toks))
-                for row, c in enumerate(chunk):
-                    u = units[members[c]]
-                    results[members[c]] = self._candidates(
-                        u,
-                        tool,
-                        kept[row],
-                        scored.probs[row],
-                        enc[c],
-                        by_row.get(row, []),
-                        {"score_s": (t1 - t0) / len(chunk), "sample_s": (t2 - t1) / len(chunk)},
-                    )
         return results
 
     def _candidates(

@@ -12,8 +12,10 @@ For a tool's few-shot prompt P and a text x (tokens x_1..x_n of " " + x):
 P(x) = head + x + tail where the head (task sentence and examples, up to ``Input:``) is the same
 for every document: :class:`PromptCache` encodes it once and every batch starts from a copy of
 its KV cache. The scoring pass returns its cache of [P, x] for all rows, and sampling at
-position i reuses it with the keys from x_i on masked out (explicit position ids continue at i),
-so no prefix is ever recomputed and all samples of a batch of documents decode together.
+position i copies the row's keys of [P, x_<i] into a decoding row (explicit position ids
+continue at i), so no prefix is ever recomputed. Decoding is continuous batching
+(:class:`RowPool`): a pool of rows kept full across positions, documents, scoring batches and
+tools, each ended sample's row refilled at once with the next waiting position.
 
 Randomness is per sample: each (document, tool, position, sample) draws from its own
 ``random.Random`` seeded by a stable hash, by inverse-CDF sampling, so the samples of a document
@@ -25,15 +27,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import random
 from collections.abc import Callable, Sequence
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from toolformer.call_format import DEFAULT_FORMAT, CallFormat, CallSyntaxError, parse_call
 from toolformer.cache_api import cache_keyword, output_cache
+from toolformer.row_pool import (  # noqa: F401  (the decoding pool, re-exported)
+    DECODE_ROWS_ACCELERATOR,
+    DECODE_ROWS_CPU,
+    POOL_SLACK,
+    RowPool,
+    _cdfs,
+    _draw,
+    decode_rows_for,
+)
 
 INPUT_SLOT = "{input}"
 
@@ -187,124 +196,6 @@ def stop_token_ids(tokenizer, fmt: CallFormat = DEFAULT_FORMAT) -> tuple[frozens
     return frozenset(closing), frozenset(abandoning)
 
 
-def _cdfs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-row cumulative distributions (float64) of ``softmax(logits / temperature)``."""
-    return torch.cumsum(torch.softmax(logits / temperature, dim=-1), dim=-1, dtype=torch.float64)
-
-
-def _draw(
-    logits: torch.Tensor, rng: random.Random, temperature: float, cdf: torch.Tensor | None = None
-) -> int:
-    """Inverse-CDF sampling with a per-sample uniform draw (greedy at temperature 0).
-
-    ``cdf`` (from :func:`_cdfs`) may be passed when several samples draw from the same logits."""
-    if temperature <= 0:
-        return int(torch.argmax(logits))
-    if cdf is None:
-        cdf = _cdfs(logits, temperature)
-    u = rng.random() * float(cdf[-1])
-    return min(int(torch.searchsorted(cdf, torch.tensor([u], dtype=cdf.dtype))), len(cdf) - 1)
-
-
-class _RowPoolLayer(DynamicLayer):
-    """A decode cache layer with room for ``capacity`` rows (it grows) and the whole decode.
-
-    ``update`` writes the new keys in place (DynamicLayer's ``torch.cat`` copied the whole cache
-    at every step) and the model sees rows ``0 .. rows-1``. Forking a row or closing a hole copies
-    single rows (:meth:`move_rows`) instead of re-indexing the whole cache: a row's prefix is the
-    few-shot prompt plus the text (~30 MB for SmolLM2-135M at 700 tokens), so whole-cache copies
-    at every fork cost more than the decoding itself.
-    """
-
-    def __init__(
-        self, keys: torch.Tensor, values: torch.Tensor, rows: Sequence[int], n: int, extra: int, capacity: int
-    ):
-        super().__init__()
-        _, h, _, d = keys.shape
-        self._k = keys.new_empty((capacity, h, n + extra, d))
-        self._v = values.new_empty((capacity, h, n + extra, d))
-        for b, row in enumerate(rows):
-            self._k[b, :, :n], self._v[b, :, :n] = keys[row, :, :n], values[row, :, :n]
-        self._rows, self._len = len(rows), n
-        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-        self._views()
-
-    def _views(self) -> None:
-        self.keys = self._k[: self._rows, :, : self._len]
-        self.values = self._v[: self._rows, :, : self._len]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        t = key_states.shape[-2]
-        self._k[: self._rows, :, self._len : self._len + t] = key_states
-        self._v[: self._rows, :, self._len : self._len + t] = value_states
-        self._len += t
-        self._views()
-        return self.keys, self.values
-
-    def move_rows(self, moves: Sequence[tuple[int, int]], rows: int) -> None:
-        """Copy row ``src`` to row ``dst`` for each ``(dst, src)``, then expose ``rows`` rows
-        (the storage doubles when the rows outgrow it)."""
-        if rows > self._k.shape[0]:
-            grown = max(rows, 2 * self._k.shape[0])
-            k = self._k.new_empty((grown, *self._k.shape[1:]))
-            v = self._v.new_empty((grown, *self._v.shape[1:]))
-            k[: self._rows, :, : self._len] = self._k[: self._rows, :, : self._len]
-            v[: self._rows, :, : self._len] = self._v[: self._rows, :, : self._len]
-            self._k, self._v = k, v
-        for dst, src in moves:
-            self._k[dst, :, : self._len] = self._k[src, :, : self._len]
-            self._v[dst, :, : self._len] = self._v[src, :, : self._len]
-        self._rows = rows
-        self._views()
-
-
-def _place_children(parents: Sequence[int]) -> tuple[list[int], list[tuple[int, int]]]:
-    """Rows for the next step's decoding rows, child j continuing row ``parents[j]``.
-
-    Returns (row of each child, row copies ``(dst, src)``). The first child of a parent keeps
-    its row when that row stays in use (rows ``0 .. len(parents)-1``); the others are copied
-    into the free rows. A copy never reads a row another copy writes: every source row is kept
-    by its own first child or lies beyond the rows in use.
-    """
-    n = len(parents)
-    row_of: list[int | None] = [None] * n
-    kept = set()
-    for j, p in enumerate(parents):
-        if p < n and p not in kept:
-            kept.add(p)
-            row_of[j] = p
-    holes = iter(r for r in range(n) if r not in kept)
-    moves = []
-    for j, p in enumerate(parents):
-        if row_of[j] is None:
-            row_of[j] = next(holes)
-            moves.append((row_of[j], p))
-    return row_of, moves
-
-
-def _chunks_of_positions(
-    requests: Sequence[SampleRequest], scored: ScoredBatch, max_cache_tokens: int
-) -> list[list[tuple[tuple[int, int], list[int]]]]:
-    """Requests grouped by (row, position), the groups packed into chunks whose samples x longest
-    prefix stay within ``max_cache_tokens``: the bound on a chunk's decode cache, which holds one
-    row per sample if every sample takes its own way (usually far fewer: rows are shared until
-    samples differ, and most end at the tool's name). A group is never split."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for r, req in enumerate(requests):
-        groups.setdefault((req.row, req.position), []).append(r)
-    chunks: list[list[tuple[tuple[int, int], list[int]]]] = []
-    samples = longest = 0
-    for key, members in groups.items():
-        length = scored.text_start[key[0]] + key[1]
-        if chunks and (samples + len(members)) * max(longest, length) <= max_cache_tokens:
-            chunks[-1].append((key, members))
-            samples, longest = samples + len(members), max(longest, length)
-        else:
-            chunks.append([(key, members)])
-            samples, longest = len(members), length
-    return chunks
-
-
 @torch.no_grad()
 def sample_calls(
     model,
@@ -317,6 +208,7 @@ def sample_calls(
     temperature: float = 1.0,
     max_cache_tokens: int = 65536,
     viable: Callable[[list[int]], bool] | None = None,
+    max_rows: int | None = None,
 ) -> list[list[int] | None]:
     """Sample one continuation of [P(x), x_<i, " ["] per request; ``None`` if it never closed.
 
@@ -324,74 +216,14 @@ def sample_calls(
     does not start with the tool's name): it is dropped at once instead of decoded to its end,
     which leaves the accepted samples unchanged (each sample draws from its own generator).
 
-    Each decoding row reuses its document's row of the scoring cache: keys of x_i.. and padding
-    are masked out and the position ids continue at i, which equals running [P(x), x_<i, " ["]
-    afresh. Samples that have drawn the same tokens at the same position share one row: the m
-    samples of a position start as one row, and a row forks (its cache rows copied) only when its
-    samples draw different tokens. Every sample still draws from its own generator and the shared
-    row's logits are the ones it would have had alone, so the samples equal decoding each one by
-    itself; what is saved is computation (a position's first step costs one row, not m, and most
-    samples of a tool end at its name). Ended rows leave the batch at once; forks and holes cost
-    single-row copies (:class:`_RowPoolLayer`).
+    One :class:`RowPool` over the requests of one scoring batch (``AugmentModel.sample`` keeps
+    one pool across its batches): samples of a position share a row until they draw different
+    tokens, ended rows are refilled at once with waiting positions, and the samples equal
+    decoding each one by itself.
     """
-    out: list[list[int] | None] = [None] * len(requests)
-    for chunk in _chunks_of_positions(requests, scored, max_cache_tokens):
-        rows = [row for (row, _), _ in chunk]
-        visible = torch.tensor([scored.text_start[row] + pos for (row, pos), _ in chunk])
-        keep_keys = int(visible.max())  # keys beyond every row's prefix are never attended to
-        cache = DynamicCache()
-        cache.layers = [
-            _RowPoolLayer(layer.keys, layer.values, rows, keep_keys, max_new_tokens, 2 * len(rows))
-            for layer in scored.cache.layers
-        ]
-        mask = scored.mask[rows, :keep_keys] * (torch.arange(keep_keys)[None, :] < visible[:, None])
-        position = visible.clone()  # the position id of " [" is the length of [P, x_<i]
-        token = torch.full((len(chunk),), api_id, dtype=torch.long)
-        rngs = {r: random.Random(requests[r].seed) for _, members in chunk for r in members}
-        # batch row -> the samples it decodes and the tokens they share so far
-        beam_samples: list[list[int]] = [list(members) for _, members in chunk]
-        beam_tokens: list[list[int]] = [[] for _ in chunk]
-        for _ in range(max_new_tokens):
-            mask = torch.cat([mask, torch.ones((len(beam_samples), 1), dtype=torch.long)], dim=1)
-            logits = (
-                model(
-                    input_ids=token[:, None].to(model.device),
-                    attention_mask=mask.to(model.device),
-                    position_ids=position[:, None].to(model.device),
-                    **{cache_keyword(model): cache},
-                    use_cache=True,
-                )
-                .logits[:, -1]
-                .float()
-                .cpu()
-            )
-            cdfs = _cdfs(logits, temperature) if temperature > 0 else None
-            parents, children, child_tokens = [], [], []
-            for b, samples in enumerate(beam_samples):
-                by_token: dict[int, list[int]] = {}
-                for r in samples:
-                    tid = _draw(logits[b], rngs[r], temperature, None if cdfs is None else cdfs[b])
-                    by_token.setdefault(tid, []).append(r)
-                for tid, members in by_token.items():
-                    toks = beam_tokens[b] + [tid]
-                    if tid in closing:
-                        for r in members:
-                            out[r] = list(toks)
-                    elif not (tid in abandoning or (viable is not None and not viable(toks))):
-                        parents.append(b)
-                        children.append(members)
-                        child_tokens.append(toks)
-            if not parents:
-                break
-            row_of, moves = _place_children(parents)
-            for layer in cache.layers:
-                layer.move_rows(moves, len(parents))
-            order = sorted(range(len(parents)), key=row_of.__getitem__)  # children by their row
-            idx = torch.tensor([parents[j] for j in order])
-            mask, position = mask[idx], position[idx] + 1
-            beam_samples = [children[j] for j in order]
-            beam_tokens = [child_tokens[j] for j in order]
-            token = torch.tensor([beam_tokens[b][-1] for b in range(len(order))])
+    pool = RowPool(model, api_id, closing, abandoning, max_rows=max_rows, max_cache_tokens=max_cache_tokens)
+    out = pool.add(scored, requests, max_new_tokens, temperature, viable)
+    pool.run()
     return out
 
 
