@@ -14,14 +14,13 @@ tau_s = 0, tau_f = 0.5:
   (continuous batching), shared-prefix filter passes over text up to i + 4, batches).
 * ours, lazy: L(call without result) only where L(eps) - L+ >= tau_f (otherwise the call is
   rejected whatever it is): the exact method's kept calls, with about half the filter's passes.
-* ours, window W: the filter's left context cut to the W tokens before position i (sampling
-  unchanged), a speed setting that departs from the paper; the kept calls of both are compared.
+* ours, window W: the filter's left context cut to the W tokens before position i, a speed setting
+  that departs from the paper (sampling unchanged); the kept calls of both are compared.
 
 The naive filter also runs on our candidates: equal losses show our filter is exact. Reports docs/s,
-candidates/s, time per stage, ratios, and useful model FLOPs per second (:class:`FlopCounter`: real
-tokens and attended keys, filter included) beside this machine's fp32 matmul rate, measured around
-each run (other jobs move both), overall and per stage of ours. ``--decode-rows`` prints the decode
-step time vs rows that sized the sampling pool; ``--dump`` writes the exact run's candidates.
+candidates/s, stage times, ratios and useful model FLOPs per second (:class:`FlopCounter`: real tokens
+and attended keys, filter included) beside the fp32 matmul rate measured around each run, overall and
+per stage. ``--decode-rows``: decode step time vs rows (what sized the pool); ``--dump``: candidates.
 """
 
 from __future__ import annotations
