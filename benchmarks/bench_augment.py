@@ -195,7 +195,7 @@ def naive_losses(model, tok, start_id: int, text: str, i: int, plus: str, minus:
     out = []
     for prefix in (plus, "", minus):
         z = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
-        ids = torch.tensor([[start_id, *z, *x]])
+        ids = torch.tensor([[start_id, *z, *x]], device=model.device)
         lp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
         out.append(weighted_loss(lp[len(z) :], i, loss_weights()))
     return out[0], min(out[1], out[2])
@@ -217,12 +217,12 @@ def run_naive(
         prompt = template.replace("{input}", d["text"])
         p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         x = tok(" " + d["text"], add_special_tokens=False)["input_ids"]
-        probs = torch.softmax(model(torch.tensor([p_ids + x])).logits[0].float(), -1)[
+        probs = torch.softmax(model(torch.tensor([p_ids + x], device=model.device)).logits[0].float(), -1)[
             len(p_ids) - 1 : -1, am.api_id
         ]
         found = []
         for i in select_positions(probs, K, TAU_S):
-            ids = torch.tensor([p_ids + x[:i] + [am.api_id]])  # the prompt re-encoded for every call
+            ids = torch.tensor([p_ids + x[:i] + [am.api_id]], device=model.device)  # the prompt re-encoded for every call
             gen = model.generate(
                 ids,
                 attention_mask=torch.ones_like(ids),
@@ -353,6 +353,7 @@ def main() -> None:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--device", default=None, help="cuda, cpu or mps (default: the best; bf16 on CUDA)")
     ap.add_argument(
         "--decode-rows", action="store_true",
         help="only print decode step time vs rows (the sampling pool's knee) and exit",
@@ -364,14 +365,9 @@ def main() -> None:
     docs = gsm8k_documents(args.data, args.docs)
     calc = get_tool("calculator")
     executor = ToolExecutor({"Calculator": calc})
-    settings = {
-        "tau_s": TAU_S,
-        "k": K,
-        "m": M,
-        "tau_f": TAU_F,
-        "max_call_tokens": MAX_CALL,
-        "temperature": 1.0,
-    }
+    settings = {"tau_s": TAU_S, "k": K, "m": M, "tau_f": TAU_F, "max_call_tokens": MAX_CALL, "temperature": 1.0}
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_augment: --device cuda, but no CUDA device is available")
     if args.decode_rows:
         from toolformer.models import load_model
 
@@ -394,6 +390,7 @@ def main() -> None:
         {"Calculator": settings},
         {"Calculator": True},
         max_batch_tokens=4096,
+        device=args.device,
     )
     counter = FlopCounter(am.model)
     rows = []

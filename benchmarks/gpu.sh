@@ -23,7 +23,7 @@ step() { echo; echo "== $1"; shift; local t0=$SECONDS; "$@" 2>&1 | tee "$OUT/$(e
 step "CUDA tests (generation, row pool, augment_texts on CUDA vs CPU)" \
   "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_row_pool.py -k "cuda or CUDA"
 step "augmentation: ours vs the naive way, bf16 (k=5, m=5, calculator)" \
-  "$PY" benchmarks/bench_augment.py --docs "$DOCS" --device cuda --dtype bfloat16
+  "$PY" benchmarks/bench_augment.py --docs "$DOCS" --device cuda
 step "generation: batch 1 vs 8 vs model.generate, bf16" \
   "$PY" benchmarks/bench_generate.py --device cuda --dtype bfloat16 --batch-sizes 1,8,32
 step "fine-tuning: ours vs a plain PyTorch loop, bf16, the real model" \
