@@ -5,6 +5,7 @@ and checking that the metrics add up.
     python benchmarks/bench_load.py                      # 1,000-document baseline, then 10,000
     python benchmarks/bench_load.py --docs 2000 --baseline 200 --parts 4
     python benchmarks/bench_load.py --docs 100000 --baseline 10000 --runner dask --workers 2
+    python benchmarks/bench_load.py --docs 10000 --baseline 0 --resume-check
 
 The fake LM is a one-layer Llama whose next token depends only on the current one, scripted so
 that after every comma it writes `` [Calculator(1+2)]`` (a real call; the Calculator answers 3):
@@ -20,6 +21,13 @@ process's peak RSS (``VmHWM`` of /proc/<pid>/status, read in the worker when the
 launcher's own RSS is sampled as above; a worker's peak spans every run of the script, as the
 cluster serves them all).
 
+``--resume-check``: the journal and resume cost. After the big run, the same input and settings run
+again as ``toolformer augment`` in a child process, which is SIGKILLed half-way through its middle part
+(once that part's journal holds half of the part's units); ``--resume`` then completes it. Printed:
+the uninterrupted wall time, the time to the kill, the resume's wall time, the journal's files, units
+and bytes at the kill (and per unit), and whether the resumed run's texts, candidates and dead letters
+equal the uninterrupted run's (a check).
+
 Checks (the script exits 1 if one fails):
   documents:  input lines = texts written + bad records (dead letters) + duplicate ids
   candidates: executed = kept + dropped (not useful) + failed, and = candidate records written
@@ -30,7 +38,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -108,6 +119,23 @@ def worker_peaks_mb(address: str) -> dict[str, float]:
         return {w: round(v, 1) for w, v in client.run(peak).items()}
 
 
+def overrides(parts: int) -> list[str]:
+    """The run's settings (``augment --override``): the fake LM's call in every window, executed."""
+    return [
+        "calculator.tau_s=0.5",
+        "calculator.k=5",
+        "calculator.m=2",
+        "calculator.tau_f=0.5",
+        "calculator.window=64",
+        "calculator.max_call_tokens=16",
+        # the fake LM always writes 1+2, which the documents' numbers do not ground: without
+        # this every call is dropped before execution and the run measures no tool work
+        "calculator.grounded=false",
+        "max_batch_tokens=2048",
+        f"parts={parts}",
+    ]
+
+
 def run_load(fake_lm: Path, work: Path, n: int, parts: int, extra: list[str] | None = None,
              address: str | None = None) -> dict:
     from pipelines.augment import run_augment
@@ -116,24 +144,7 @@ def run_load(fake_lm: Path, work: Path, n: int, parts: int, extra: list[str] | N
     inp = work / f"docs-{n}.jsonl"
     lines = write_documents(inp, n)
     out = work / f"run-{n}"
-    settings = build_settings(
-        None,
-        [
-            "calculator.tau_s=0.5",
-            "calculator.k=5",
-            "calculator.m=2",
-            "calculator.tau_f=0.5",
-            "calculator.window=64",
-            "calculator.max_call_tokens=16",
-            # the fake LM always writes 1+2, which the documents' numbers do not ground: without
-            # this every call is dropped before execution and the run measures no tool work
-            "calculator.grounded=false",
-            "max_batch_tokens=2048",
-            f"parts={parts}",
-        ],
-        model=str(fake_lm),
-        tools=("calculator",),
-    )
+    settings = build_settings(None, overrides(parts), model=str(fake_lm), tools=("calculator",))
     sampler = RssSampler(out)
     start_rss = rss_kb()
     sampler.start()
@@ -160,6 +171,7 @@ def run_load(fake_lm: Path, work: Path, n: int, parts: int, extra: list[str] | N
     }
     workers = worker_peaks_mb(address) if address else {}
     return {
+        "out": out,
         "runner": "dask" if address else "direct",
         "workers": len(workers) or 1,
         "worker_peak_rss_mb": sorted(workers.values()),
@@ -186,6 +198,53 @@ def run_load(fake_lm: Path, work: Path, n: int, parts: int, extra: list[str] | N
     }
 
 
+def records(out: Path) -> dict[str, list[str]]:
+    """A run's texts, candidates and dead letters, each as its sorted lines (shard order aside)."""
+    return {kind: sorted(line for p in out.glob(f"{kind}-*.jsonl") for line in p.open(encoding="utf-8"))
+            for kind in ("texts", "candidates", "errors")}
+
+
+def resume_check(fake_lm: Path, work: Path, n: int, parts: int, reference: dict) -> dict:
+    """Kill a child ``toolformer augment`` half-way through its middle part, ``--resume`` it, compare."""
+    from pipelines.augment import run_augment
+    from pipelines.settings import build_settings
+
+    inp, out, target = work / f"docs-{n}.jsonl", work / f"resume-{n}", parts // 2
+    cmd = [sys.executable, "-m", "commands.cli", "augment", "--input", str(inp), "--output", str(out),
+           "--model", str(fake_lm), "--tools", "calculator", "--override", *overrides(parts)]
+    journal = out / ".journal" / f"p{target:04d}"
+    t0 = time.perf_counter()
+    child = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    units = files = size = 0
+    while child.poll() is None:
+        done = len(list((out / ".parts").glob("*.done"))) if (out / ".parts").is_dir() else 0
+        if done >= target and journal.is_dir():
+            paths = list(journal.glob("*.jsonl"))
+            units = sum(p.read_bytes().count(b"\n") for p in paths)
+            if units >= n // parts // 2:
+                os.killpg(child.pid, signal.SIGKILL)
+                files, size = len(paths), sum(p.stat().st_size for p in paths)
+                break
+        time.sleep(0.1)
+    child.wait()
+    killed_at = time.perf_counter() - t0
+    if not files:
+        raise SystemExit(f"resume check: the child run ended (exit {child.returncode}) before it could be killed")
+    settings = build_settings(None, overrides(parts), model=str(fake_lm), tools=("calculator",))
+    t1 = time.perf_counter()
+    run_augment(settings, [str(inp)], str(out), True, [])
+    resume_s = time.perf_counter() - t1
+    return {
+        "killed_in_part": target,
+        "killed_after_s": round(killed_at, 1),
+        "journal_files": files,
+        "journal_units": units,
+        "journal_bytes": size,
+        "journal_bytes_per_unit": round(size / units),
+        "resume_s": round(resume_s, 1),
+        "checks": {"resumed records = uninterrupted records": records(out) == reference},
+    }
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=10_000)
@@ -196,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runner", choices=["direct", "dask"], default="direct")
     parser.add_argument("--workers", type=int, default=2, help="--runner dask: worker processes")
+    parser.add_argument("--resume-check", action="store_true",
+                        help="kill a rerun of the big run half-way, --resume it, compare (direct runner)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp, contextlib.ExitStack() as stack:
@@ -213,10 +274,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline:
             runs.append(run_load(fake, work, args.baseline, max(2, args.parts * args.baseline // args.docs),
                                  extra, address))
-            print("baseline", json.dumps(runs[-1]), flush=True)
+            print("baseline", json.dumps(runs[-1], default=str), flush=True)
         runs.append(run_load(fake, work, args.docs, args.parts, extra, address))
-        print("load", json.dumps(runs[-1]), flush=True)
-    big = runs[-1]
+        print("load", json.dumps(runs[-1], default=str), flush=True)
+        if args.resume_check:
+            big = runs[-1]
+            check = resume_check(fake, work, args.docs, args.parts, records(big["out"]))
+            print("resume", json.dumps(check), flush=True)
+            print(f"resume: killed {check['killed_after_s']} s into a run that takes {big['wall_s']} s "
+                  f"uninterrupted; --resume took {check['resume_s']} s "
+                  f"(kill + resume {(check['killed_after_s'] + check['resume_s']) / big['wall_s']:.2f}x); "
+                  f"journal at the kill: {check['journal_units']} units in {check['journal_files']} files, "
+                  f"{check['journal_bytes_per_unit']} bytes per unit")
+            runs.append(check)
+    big = runs[1 if args.baseline else 0]
     if args.baseline:
         base = runs[0]
         print(

@@ -8,7 +8,10 @@ removed and ``#### n`` written as ``The answer is n.``; the bundled arithmetic s
 ../shared is absent). The annotations are kept aside, only to judge: a kept call is **right** when
 its result equals the result of an annotated step (or of the final answer) whose number ends at or
 just after the call (within ``--slack`` characters, default 12: ``48/2 = [Calculator(48 / 2) ->
-24] 24`` is right, the same call before "clips in May" is not).
+24] 24`` is right, the same call before "clips in May" is not). The annotators left many written
+equations unmarked (``8*45 = 360``, ``365/5 = 73``): a second figure, "with written equations", also
+counts as steps the solution's own equations ``a op b ... = c`` whose left side the Calculator
+evaluates to ``c`` (the issue's figure, ``precision``, stays the annotated one).
 
 Each setting runs ``toolformer augment`` (the real pipeline, the default model) on the same
 problems; per setting it prints kept calls per problem, precision, the share of problems with at
@@ -40,6 +43,8 @@ GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 BUNDLED = ROOT / "toolformer" / "data" / "sample_docs.jsonl"
 ANNOTATION = re.compile(r"<<([^=<>]*)=([^<>]*)>>")
 NUMBER = re.compile(r"-?\$?\s?(\d[\d,]*(?:\.\d+)?|\.\d+)")
+_OPERAND = r"\$?(?:\d[\d,]*(?:\.\d+)?|\.\d+)%?"
+WRITTEN = re.compile(rf"({_OPERAND}(?:\s*[-+*/x\u00d7\u00f7]\s*{_OPERAND})+)\s*=\s*({_OPERAND})")
 
 SETTINGS = {
     "paper": ["calculator.positions=token", "calculator.loss_start=token", "calculator.grounded=false",
@@ -83,7 +88,26 @@ def gsm8k_problem(row: dict, doc_id: str) -> dict:
         text += f"\nThe answer is {value}."
         if as_number(value) is not None:
             steps.append((as_number(value), len(text) - 1))
-    return {"doc_id": doc_id, "text": text, "steps": steps}
+    return {"doc_id": doc_id, "text": text, "steps": steps,
+            "written": written_steps(text, len(row["question"].strip()) + 1)}
+
+
+def written_steps(text: str, start: int) -> list:
+    """The solution's own equations ``a op b ... = c`` (from char ``start``) whose left side evaluates
+    to ``c``: ``(c, char where c ends)``, like an annotated step."""
+    from tools.calculator import evaluate
+
+    steps = []
+    for m in WRITTEN.finditer(text, start):
+        if "%" in m.group(0):  # "40% + 20% = 60%": the Calculator reads % as nothing, so no judge by it
+            continue
+        try:
+            value = as_number(evaluate(m.group(1).replace("$", "")))
+        except Exception:  # noqa: BLE001 - an equation the Calculator cannot read is not a step
+            continue
+        if value is not None and value == as_number(m.group(2)):
+            steps.append((value, m.end()))
+    return steps
 
 
 def load_problems(path: Path, n: int) -> list[dict]:
@@ -94,7 +118,7 @@ def load_problems(path: Path, n: int) -> list[dict]:
             if "question" in row and "answer" in row:
                 out.append(gsm8k_problem(row, f"gsm8k-train-{len(out):05d}"))
             elif row.get("kind") == "arithmetic":  # the bundled sample: no annotations to judge by
-                out.append({"doc_id": row["doc_id"], "text": row["text"], "steps": []})
+                out.append({"doc_id": row["doc_id"], "text": row["text"], "steps": [], "written": []})
             if len(out) == n:
                 break
     return out
@@ -122,6 +146,7 @@ def judge(problems: list[dict], cands: list[dict], slack: int) -> dict:
     cands = [c for c in cands if c["doc_id"] in by_id and c["tool"] == "Calculator"]
     kept = [c for c in cands if c["kept"]]
     right = [c for c in kept if is_right(c, by_id[c["doc_id"]]["steps"], slack)]
+    right_w = [c for c in kept if is_right(c, by_id[c["doc_id"]]["steps"] + by_id[c["doc_id"]].get("written", []), slack)]
     executed = [c for c in cands if c.get("delta") is not None]
     step_results = [c for c in cands if c.get("result") is not None and computes_step(c, by_id[c["doc_id"]]["steps"])]
     placed = [c for c in step_results if is_right(c, by_id[c["doc_id"]]["steps"], slack)]
@@ -135,6 +160,9 @@ def judge(problems: list[dict], cands: list[dict], slack: int) -> dict:
         "kept_per_problem": round(len(kept) / n, 4) if n else 0.0,
         "precision": round(len(right) / len(kept), 4) if kept else 0.0,
         "right_problem_share": round(len({c["doc_id"] for c in right}) / n, 4) if n else 0.0,
+        "kept_right_with_written": len(right_w),
+        "precision_with_written": round(len(right_w) / len(kept), 4) if kept else 0.0,
+        "right_problem_share_with_written": round(len({c["doc_id"] for c in right_w}) / n, 4) if n else 0.0,
         "candidates_with_step_result": len(step_results),
         "of_those_placed_right": len(placed),
         "auc_delta_right_vs_wrong": auc(
@@ -197,13 +225,14 @@ def main() -> None:
             cands, seconds = run_setting(name, problems, args.set, workdir, args.threads)
             results[name] = {**judge(problems, cands, args.slack), "seconds": round(seconds, 1)}
     print(f"{len(problems)} problems from {args.data}; slack {args.slack} chars")
-    print("| setting | kept/problem | precision | problems with a right call | candidates | with a step result | "
-          "placed right | AUC(delta) | s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| setting | kept/problem | precision | problems with a right call | with written equations: precision, "
+          "problems | candidates | with a step result | placed right | AUC(delta) | s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         a = r["auc_delta_right_vs_wrong"]
         print(f"| {name} | {r['kept_per_problem']:.3f} | {r['precision']:.2f} ({r['kept_right']}/{r['kept']}) | "
-              f"{r['right_problem_share']:.1%} | {r['candidates']} | {r['candidates_with_step_result']} | "
+              f"{r['right_problem_share']:.1%} | {r['precision_with_written']:.2f} "
+              f"({r['kept_right_with_written']}/{r['kept']}), {r['right_problem_share_with_written']:.1%} | {r['candidates']} | {r['candidates_with_step_result']} | "
               f"{r['of_those_placed_right']} | {'-' if a is None else f'{a:.2f}'} | {r.get('seconds', '-')} |")
     for name, r in results.items():
         print(f"\nkept calls, {name}:")
