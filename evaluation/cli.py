@@ -85,7 +85,7 @@ def evaluate(
     dtype: str | None = None,
     one_shot: bool = False,
     date_in_prompt: bool = False,
-    prompt_style: Literal["paper", "qa"] = "paper",
+    prompt_style: Literal["paper", "qa", "solution"] = "paper",
     progress: bool = True,
 ) -> int:
     """Evaluate models zero-shot with and without tools (paper protocol) and print a table.
@@ -105,7 +105,8 @@ def evaluate(
         tool_names: tools to offer (default: Calculator and Calendar, plus WikiSearch and QA with --index;
             no WikiSearch for cloze, as in the paper).
         index: search index directory for WikiSearch and QA.
-        max_new_tokens: tokens to generate per example (default: math 40, dates 32, cloze 32).
+        max_new_tokens: tokens to generate per example (default: math 40, dates 32, cloze 32; math with
+            --prompt-style solution 192).
         batch_size: prompts decoded together.
         seed: seed of the generated date questions.
         num_queries: date questions to generate (paper: 9,400).
@@ -118,7 +119,10 @@ def evaluate(
         one_shot: put one worked example that calls a tool before every prompt (the "prompted" base
             model with tools; conditions without that tool see the example without its call).
         prompt_style: paper (the paper's templates, App. C: math "... The answer is", dates "Answer the
-            following question: ...?") or qa ("Question: ...\nAnswer:", this project's earlier default).
+            following question: ...?"), qa ("Question: ...\nAnswer:", this project's earlier default) or
+            solution (math only, beyond the paper: the question and a newline; the model writes a worked
+            solution with up to 8 calls, each started only where " [" is the greedy token, scored on the
+            number after "The answer is"; 192 tokens).
         date_in_prompt: dates: start each question with its "today" ("Today is Monday, January 30,
             2023. How many days ...?"); by default only the Calendar tool knows it.
         progress: show progress bars.
@@ -134,6 +138,9 @@ def evaluate(
         raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if task != "dates" and not data:
         raise UserError(f"--task {task} needs --data PATH")
+    if task not in runner.PROMPT_STYLES[prompt_style] and task != "perplexity":
+        raise UserError(f"--prompt-style {prompt_style} has no prompt for --task {task} "
+                        f"(it has: {', '.join(runner.PROMPT_STYLES[prompt_style])})")
     try:
         calendar_date = dt.date.fromisoformat(today) if today else dt.date.today()
     except ValueError:
@@ -177,7 +184,8 @@ def evaluate(
         "prompt_style": prompt_style,
         "one_shot": one_shot,
         "date_in_prompt": date_in_prompt,
-        "max_new_tokens": max_new_tokens or runner.MAX_NEW_TOKENS.get(task),
+        "max_new_tokens": max_new_tokens or (runner.SOLUTION_MAX_NEW_TOKENS if prompt_style == "solution"
+                                             else runner.MAX_NEW_TOKENS.get(task)),
         "top_k_trigger": runner.TOP_K_TRIGGER,
         "max_calls": runner.MAX_CALLS,
         "calendar_date": calendar_date.isoformat() if task != "dates" else "per question",

@@ -80,6 +80,17 @@ def score_math(output: str, gold: float) -> tuple[float | None, bool]:
     return predicted, numbers_match(predicted, gold)
 
 
+_ANSWER_IS = re.compile(r"the answer is", re.IGNORECASE)
+
+
+def score_math_solution(output: str, gold: float) -> tuple[float | None, bool]:
+    """A worked solution (``--prompt-style solution``): the first number after the first "The
+    answer is" against the gold answer; a solution that never says it is wrong (None)."""
+    m = _ANSWER_IS.search(output)
+    predicted = extract_first_number(output[m.end():]) if m else None
+    return predicted, numbers_match(predicted, gold)
+
+
 def extract_date_answer(output: str, kind: str) -> str | None:
     """The answer of a date question as a canonical string.
 

@@ -13,6 +13,7 @@ import pytest
 from commands.cli import main
 from evaluation import runner
 from evaluation.cli import evaluate
+from toolformer.errors import UserError
 from toolformer.generation import CallRecord, GenerationOutput
 
 MAWPS = [
@@ -52,7 +53,8 @@ class ScriptedGenerator:
 def scripted(monkeypatch):
     seen = []
     monkeypatch.setattr(runner, "make_generator",
-                        lambda model, tok, tools, use_tools, max_new_tokens: ScriptedGenerator(tools, use_tools, seen))
+                        lambda model, tok, tools, use_tools, max_new_tokens, style="paper":
+                        ScriptedGenerator(tools, use_tools, seen))
     return seen
 
 
@@ -233,3 +235,33 @@ def test_date_in_prompt(tmp_path, tiny_model_dir, monkeypatch):
     assert prompts == ["Answer the following question: Today is Monday, January 30, 2023. What year is it today?",
                        "Answer the following question: What year is it today?",
                        "Question: What year is it today?\nAnswer:"]
+
+
+def test_solution_style_generates_several_lines_and_calls(tmp_path, tiny_model_dir, monkeypatch):
+    """--prompt-style solution: question + newline, 192 tokens, up to 8 calls, no stop at a newline,
+    scored on the number after "The answer is"; refused for tasks it has no prompt for."""
+    seen = []
+
+    class Record:
+        def __init__(self, generator):
+            seen.append(generator.config)
+
+        def generate(self, ps, contexts, batch_size=8, progress=False):
+            seen.append(ps)
+            return [GenerationOutput(p, t, t, [], 0) for p, t in
+                    zip(ps, [" 2 + 3 = 5.\nThe answer is 5.", " The answer is 9, not 5."])]
+
+    real = runner.make_generator
+    monkeypatch.setattr(runner, "make_generator", lambda *a, **k: Record(real(*a, **k)))
+    data = tmp_path / "m.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": 5}) + "\n" for q in ["Q1?", "Q2?"]))
+    out = tmp_path / "o"
+    evaluate(task="math", model=[str(tiny_model_dir)], data=str(data), tools=False, prompt_style="solution",
+             output=str(out), progress=False)
+    config, prompts = seen
+    assert (config.max_new_tokens, config.max_calls, config.stop_at_newline, config.top_k_trigger) == (192, 8, False, 1)
+    assert prompts == ["Q1?\n", "Q2?\n"]
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").open()]
+    assert [(p["extracted"], p["correct"]) for p in preds] == [(5.0, True), (9.0, False)]
+    with pytest.raises(UserError, match="--prompt-style solution has no prompt for --task dates"):
+        evaluate(task="dates", model=[str(tiny_model_dir)], tools=False, prompt_style="solution", progress=False)

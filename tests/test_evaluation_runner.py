@@ -22,6 +22,17 @@ def test_paper_prompts_app_c():
                          " [Calculator(35 - 12) -> 23] 23\n\nQ? The answer is")
 
 
+def test_solution_prompts():
+    assert render_prompt("math", "Tom has 3 apples. How many?", style="solution") == "Tom has 3 apples. How many?\n"
+    assert render_prompt("math", "Q?", one_shot=True, tool_names=["Calculator"], style="solution") == (
+        "Tom had 35 apples and sold 12 of them. How many apples does he have left?\n"
+        " [Calculator(35 - 12) -> 23] 23.\nThe answer is 23.\n\nQ?\n")
+    math = Example("1", "q", ("9",), gold_number=9.0)
+    assert score("math", math, " 3 * 3 = 9. The answer is 9.", "solution") == (9.0, True)
+    assert score("math", math, " 3 * 3 = 9.", "solution") == (None, False)  # never says "The answer is"
+    assert score("math", math, " 3 * 3 = 9.", "paper") == (3.0, False)
+
+
 def test_one_shot_shows_the_call_only_to_conditions_with_that_tool():
     with_tool = render_prompt("math", "Q?", one_shot=True, tool_names=["Calculator", "Calendar"])
     assert with_tool == ("Question: Tom had 35 apples and sold 12 of them. How many apples does he have left?\n"

@@ -9,6 +9,7 @@ from evaluation.scoring import (
     score_cloze,
     score_date,
     score_math,
+    score_math_solution,
 )
 
 
@@ -62,6 +63,17 @@ def test_parse_gold_number(gold, expected):
 ])
 def test_score_math(output, gold, extracted, correct):
     assert score_math(output, gold) == (extracted, correct)
+
+
+@pytest.mark.parametrize("output, gold, extracted, correct", [
+    (" 48/2 = 24 clips.\nThe answer is 72.", 72.0, 72.0, True),
+    (" 48/2 = 24.\nthe answer is $1,200.50\nThe answer is 3.", 1200.5, 1200.5, True),  # the first one
+    (" 48/2 = 24 clips, so 72 in all.", 72.0, None, False),  # no "The answer is": no answer
+    (" The answer is twelve.", 12.0, None, False),
+    (" The answer is -4.", -4.0, -4.0, True),
+])
+def test_score_math_solution(output, gold, extracted, correct):
+    assert score_math_solution(output, gold) == (extracted, correct)
 
 
 @pytest.mark.parametrize("output, kind, expected", [
