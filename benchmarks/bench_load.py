@@ -22,8 +22,9 @@ launcher's own RSS is sampled as above; a worker's peak spans every run of the s
 cluster serves them all).
 
 ``--resume-check``: the journal and resume cost. After the big run, the same input and settings run
-again as ``toolformer augment`` in a child process, which is SIGKILLed half-way through its middle part
-(once that part's journal holds half of the part's units); ``--resume`` then completes it. Printed:
+again as ``toolformer augment`` in a child process, which is SIGKILLed in its middle part (as soon as
+that part's journal holds units: they finish in bursts, after model batches); ``--resume`` then
+completes it. Printed:
 the uninterrupted wall time, the time to the kill, the resume's wall time, the journal's files, units
 and bytes at the kill (and per unit), and whether the resumed run's texts, candidates and dead letters
 equal the uninterrupted run's (a check).
@@ -204,14 +205,15 @@ def records(out: Path) -> dict[str, list[str]]:
             for kind in ("texts", "candidates", "errors")}
 
 
-def resume_check(fake_lm: Path, work: Path, n: int, parts: int, reference: dict) -> dict:
-    """Kill a child ``toolformer augment`` half-way through its middle part, ``--resume`` it, compare."""
+def resume_check(fake_lm: Path, work: Path, n: int, parts: int, reference: dict, threads: int) -> dict:
+    """Kill a child ``toolformer augment`` in its middle part, ``--resume`` it, compare the records."""
     from pipelines.augment import run_augment
     from pipelines.settings import build_settings
 
     inp, out, target = work / f"docs-{n}.jsonl", work / f"resume-{n}", parts // 2
     cmd = [sys.executable, "-m", "commands.cli", "augment", "--input", str(inp), "--output", str(out),
-           "--model", str(fake_lm), "--tools", "calculator", "--override", *overrides(parts)]
+           "--model", str(fake_lm), "--tools", "calculator", "--override", *overrides(parts),
+           f"threads={threads}"]  # the child's torch threads as this process's (default: every core)
     journal = out / ".journal" / f"p{target:04d}"
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -222,11 +224,11 @@ def resume_check(fake_lm: Path, work: Path, n: int, parts: int, reference: dict)
         if done >= target and journal.is_dir():
             paths = list(journal.glob("*.jsonl"))
             units = sum(p.read_bytes().count(b"\n") for p in paths)
-            if units >= n // parts // 2:
+            if units:  # the first units of the part: its units finish in bursts (after model batches)
                 os.killpg(child.pid, signal.SIGKILL)
                 files, size = len(paths), sum(p.stat().st_size for p in paths)
                 break
-        time.sleep(0.1)
+        time.sleep(0.02)
     child.wait()
     killed_at = time.perf_counter() - t0
     if not files:
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runner", choices=["direct", "dask"], default="direct")
     parser.add_argument("--workers", type=int, default=2, help="--runner dask: worker processes")
     parser.add_argument("--resume-check", action="store_true",
-                        help="kill a rerun of the big run half-way, --resume it, compare (direct runner)")
+                        help="kill a rerun of the big run in its middle part, --resume it, compare (direct runner)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp, contextlib.ExitStack() as stack:
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print("load", json.dumps(runs[-1], default=str), flush=True)
         if args.resume_check:
             big = runs[-1]
-            check = resume_check(fake, work, args.docs, args.parts, records(big["out"]))
+            check = resume_check(fake, work, args.docs, args.parts, records(big["out"]), args.threads)
             print("resume", json.dumps(check), flush=True)
             print(f"resume: killed {check['killed_after_s']} s into a run that takes {big['wall_s']} s "
                   f"uninterrupted; --resume took {check['resume_s']} s "
