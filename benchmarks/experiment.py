@@ -14,8 +14,9 @@ One command for the whole method on real data (``make experiment`` runs it with 
 4. **Fine-tune** the base model on the run's texts with kept calls (``toolformer finetune``; only texts
    with calls, best checkpoint by dev perplexity); the model is a plain HF directory, ``DIR/final_model``.
 5. **Evaluate** base and fine-tuned, each with and without tools, zero-shot with the paper's prompts:
-   all of MAWPS, ``--gsm8k-limit`` GSM8K test problems; both again one-shot (``--one-shot``); and
-   WikiText-2 perplexity with tools disabled.
+   all of MAWPS, ``--gsm8k-limit`` GSM8K test problems; both again one-shot (``--one-shot``); GSM8K
+   once more with ``--prompt-style solution`` (the model writes a worked solution with several calls;
+   beyond the paper); and WikiText-2 perplexity with tools disabled.
 6. **Report**: ``DIR/summary.md`` (the table, the time each step took), ``DIR/summary.json`` and
    ``DIR/accuracy.png``.
 7. **Self-training, round 2** (beyond the paper; its Limitations section proposes it), with
@@ -90,7 +91,8 @@ def main() -> None:
                     help="evaluate the one-shot conditions on the first N problems of each set only")
     ap.add_argument("--ppl-windows", type=int, default=40)
     ap.add_argument("--no-one-shot", action="store_true")
-    ap.add_argument("--sets", nargs="+", default=["mawps", "mawps-one-shot", "gsm8k", "gsm8k-one-shot", "wikitext-ppl"],
+    ap.add_argument("--sets", nargs="+", default=["mawps", "mawps-one-shot", "gsm8k", "gsm8k-one-shot", "gsm8k-solution",
+                                                 "wikitext-ppl"],
                     help="evaluations to run (two processes may split them: each set is its own step)")
     ap.add_argument("--steps", nargs="+", default=["augment", "finetune", "eval-base", "eval-tuned", "summary"],
                     choices=["augment", "finetune", "eval-base", "eval-tuned", "summary"],
@@ -202,10 +204,13 @@ def evaluate(args, out: Path, log: Path, times: dict, step, models: list[str], l
                   *(["--limit", str(args.mawps_limit)] if args.mawps_limit else [])],
         "gsm8k": ["--task", "math", "--data", str(args.shared / "gsm8k" / "test.jsonl"),
                   "--limit", str(args.gsm8k_limit)],
+        # beyond the paper: the model writes its worked solution, several calls (README, Evaluation)
+        "gsm8k-solution": ["--task", "math", "--data", str(args.shared / "gsm8k" / "test.jsonl"),
+                           "--limit", str(args.gsm8k_limit), "--prompt-style", "solution"],
     }
     threads = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     for name, task in evals.items():
-        for shot in ([False] if args.no_one_shot else [False, True]):
+        for shot in ([False] if args.no_one_shot or name.endswith("-solution") else [False, True]):
             key = name + ("-one-shot" if shot else "")
             if key not in args.sets:
                 continue
