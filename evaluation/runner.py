@@ -134,7 +134,7 @@ def conditions_for(specs: list[str], use_tools: bool, task: str) -> list[Conditi
 
 def render_prompt(task: str, question: str, one_shot: bool = False, tool_names: Collection[str] = (),
                   style: str = "qa") -> str:
-    """The task's zero-shot prompt in ``style`` ("paper" or "qa"), optionally after one worked
+    """The task's zero-shot prompt in ``style`` ("paper", "qa" or "solution"), optionally after one worked
     example (see DEMONSTRATIONS)."""
     if task not in PROMPT_STYLES[style]:
         raise UserError(f"--prompt-style {style} has no prompt for --task {task} (it has: "
