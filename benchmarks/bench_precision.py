@@ -1,6 +1,7 @@
 """Benchmark: are the Calculator calls the pipeline keeps on real text right?
 
     python benchmarks/bench_precision.py [--problems 60] [--data ../shared/data/gsm8k/train.jsonl]
+    python benchmarks/bench_precision.py --run DIR --problems 900 --tau-f 0.3 0.5 0.75 1.0   # judge a run, τf raised
         [--settings paper ours] [--set calculator.k=5 ...] [--run DIR]
 
 Input: GSM8K train problems (question, then the worked solution with its ``<<a*b=c>>`` annotations
@@ -211,13 +212,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--run", help="judge this finished run instead of running the pipeline")
     ap.add_argument("--workdir", help="keep the runs here (default: a temporary directory)")
+    ap.add_argument("--tau-f", nargs="*", type=float, default=[],
+                    help="with --run: also judge the run as if filtered at each of these τf (only raising the "
+                         "run's own: a kept call stays kept where its exact delta >= τf)")
     args = ap.parse_args()
     problems = load_problems(args.data, args.problems)
     results = {}
     if args.run:
         ids = {c["doc_id"] for c in read_candidates(args.run)}
         problems = [p for p in problems if p["doc_id"] in ids] or problems
-        results["run"] = judge(problems, read_candidates(args.run), args.slack)
+        cands = read_candidates(args.run)
+        results["run"] = judge(problems, cands, args.slack)
+        for tau in args.tau_f:
+            if any(c.get("threshold") is not None and tau < c["threshold"] for c in cands):
+                raise SystemExit(f"--tau-f {tau}: below the run's own threshold (a rejected call's delta may be "
+                                 "an upper bound, lazy_filter): only raising it is exact")
+            results[f"run, τf {tau}"] = judge(problems, [{**c, "kept": bool(c["kept"]) and c["delta"] >= tau}
+                                                        for c in cands], args.slack)
     else:
         workdir = args.workdir or tempfile.mkdtemp(prefix="bench_precision_")
         os.makedirs(workdir, exist_ok=True)
