@@ -1,8 +1,8 @@
 """Benchmark: are the Calculator calls the pipeline keeps on real text right?
 
     python benchmarks/bench_precision.py [--problems 60] [--data ../shared/data/gsm8k/train.jsonl]
-    python benchmarks/bench_precision.py --run DIR --problems 900 --tau-f 0.3 0.5 0.75 1.0   # judge a run, τf raised
         [--settings paper ours] [--set calculator.k=5 ...] [--run DIR]
+    python benchmarks/bench_precision.py --run DIR --problems 900 --tau-f 0.3 0.5 0.75 1.0   # judge a run, τf raised
 
 Input: GSM8K train problems (question, then the worked solution with its ``<<a*b=c>>`` annotations
 removed and ``#### n`` written as ``The answer is n.``; the bundled arithmetic sample where
