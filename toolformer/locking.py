@@ -141,6 +141,10 @@ class DirectoryLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
                 created = True
+            except FileNotFoundError:  # the folder went away meanwhile: a run that had created it let go
+                os.makedirs(self.folder, exist_ok=True)  # and removed it, still empty (release)
+                self.created_folder = True
+                continue
             except FileExistsError:
                 try:
                     fd = os.open(self.path, os.O_RDWR)

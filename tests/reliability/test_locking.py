@@ -291,3 +291,24 @@ def test_finetune_takes_the_same_lock(tmp_path):
     with pytest.raises(UserError, match="none.jsonl"):
         run_finetune(FinetuneConfig(data=[str(tmp_path / "none.jsonl")], output=str(out)))
     assert not out.exists()
+
+
+def test_output_folder_removed_between_the_check_and_the_open(tmp_path, monkeypatch):
+    """A run that created the folder releases its lock and removes the (still empty) folder while
+    another run, which saw the folder, is about to create its lock in it: the second run recreates the
+    folder and takes the lock (seen once in the racing test above as FileNotFoundError)."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    real_open, raced = os.open, []
+
+    def racing_open(path, flags, *args):
+        if flags & os.O_EXCL and not raced:
+            raced.append(path)
+            os.rmdir(folder)  # the other run let go and removed the folder it had created
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", racing_open)
+    lock = locking.lock(str(folder), "test").acquire()
+    assert raced and (folder / ".lock").exists()
+    lock.release()
+    assert not folder.exists()  # it created the folder the second time, and it was left empty
