@@ -207,6 +207,7 @@ def records(out: Path) -> dict[str, list[str]]:
 
 def resume_check(fake_lm: Path, work: Path, n: int, parts: int, reference: dict, threads: int) -> dict:
     """Kill a child ``toolformer augment`` in its middle part, ``--resume`` it, compare the records."""
+    from pipelines import rundir
     from pipelines.augment import run_augment
     from pipelines.settings import build_settings
 
@@ -214,14 +215,13 @@ def resume_check(fake_lm: Path, work: Path, n: int, parts: int, reference: dict,
     cmd = [sys.executable, "-m", "commands.cli", "augment", "--input", str(inp), "--output", str(out),
            "--model", str(fake_lm), "--tools", "calculator", "--override", *overrides(parts),
            f"threads={threads}"]  # the child's torch threads as this process's (default: every core)
-    journal = out / ".journal" / f"p{target:04d}"
+    journal = Path(rundir.journal_dir(out, target))
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     units = files = size = 0
     while child.poll() is None:
-        done = len(list((out / ".parts").glob("*.done"))) if (out / ".parts").is_dir() else 0
-        if done >= target and journal.is_dir():
+        if journal.is_dir() and all(os.path.exists(rundir.marker(out, part)) for part in range(target)):
             paths = list(journal.glob("*.jsonl"))
             units = sum(p.read_bytes().count(b"\n") for p in paths)
             if units:  # the first units of the part: its units finish in bursts (after model batches)
@@ -247,6 +247,8 @@ def resume_check(fake_lm: Path, work: Path, n: int, parts: int, reference: dict,
         "resume_s": round(resume_s, 1),
         "checks": {"resumed records = uninterrupted records": records(out) == reference},
     }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=10_000)
