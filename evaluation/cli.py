@@ -138,9 +138,8 @@ def evaluate(
         raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if task != "dates" and not data:
         raise UserError(f"--task {task} needs --data PATH")
-    if task not in runner.PROMPT_STYLES[prompt_style] and task != "perplexity":
-        raise UserError(f"--prompt-style {prompt_style} has no prompt for --task {task} "
-                        f"(it has: {', '.join(runner.PROMPT_STYLES[prompt_style])})")
+    if task != "perplexity":  # before minutes of model loading
+        runner.check_prompt_style(task, prompt_style)
     try:
         calendar_date = dt.date.fromisoformat(today) if today else dt.date.today()
     except ValueError:

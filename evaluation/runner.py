@@ -132,13 +132,18 @@ def conditions_for(specs: list[str], use_tools: bool, task: str) -> list[Conditi
     return [Condition(spec, label, mode) for spec, label in zip(specs, model_labels(specs)) for mode in modes]
 
 
+def check_prompt_style(task: str, style: str) -> None:
+    """One line naming the flags when ``style`` has no prompt for ``task``."""
+    if task not in PROMPT_STYLES[style]:
+        raise UserError(f"--prompt-style {style} has no prompt for --task {task} (it has: "
+                        f"{', '.join(PROMPT_STYLES[style])})")
+
+
 def render_prompt(task: str, question: str, one_shot: bool = False, tool_names: Collection[str] = (),
                   style: str = "qa") -> str:
     """The task's zero-shot prompt in ``style`` ("paper", "qa" or "solution"), optionally after one worked
     example (see DEMONSTRATIONS)."""
-    if task not in PROMPT_STYLES[style]:
-        raise UserError(f"--prompt-style {style} has no prompt for --task {task} (it has: "
-                        f"{', '.join(PROMPT_STYLES[style])})")
+    check_prompt_style(task, style)
     template = PROMPT_STYLES[style][task]
     if template.endswith("{question}?"):
         question = question.rstrip().rstrip("?")  # the template brings its own question mark
