@@ -1,7 +1,7 @@
 """Benchmark: are the Calculator calls the pipeline keeps on real text right?
 
     python benchmarks/bench_precision.py [--problems 60] [--data ../shared/data/gsm8k/train.jsonl]
-        [--settings paper ours] [--set calculator.k=5 ...] [--run DIR]
+        [--settings paper ours] [--set calculator.k=5 ...] [--model DIR] [--run DIR [DIR ...]]
     python benchmarks/bench_precision.py --run DIR --problems 900 --tau-f 0.3 0.5 0.75 1.0   # judge a run, τf raised
 
 Input: GSM8K train problems (question, then the worked solution with its ``<<a*b=c>>`` annotations
@@ -187,7 +187,18 @@ def read_candidates(run: str) -> list[dict]:
     return rows
 
 
-def run_setting(name: str, problems: list[dict], extra: list[str], workdir: str, threads: int) -> tuple[list, float]:
+def run_doc_ids(run: str) -> set[str]:
+    """Every document a finished run wrote (texts-*.jsonl), with candidates or not: the denominator of
+    the share of problems with a right call."""
+    ids = set()
+    for path in sorted(glob.glob(os.path.join(run, "texts-*.jsonl"))):
+        with open(path, encoding="utf-8") as f:
+            ids |= {json.loads(line)["doc_id"] for line in f if line.strip()}
+    return ids
+
+
+def run_setting(name: str, problems: list[dict], extra: list[str], workdir: str, threads: int,
+                model: str | None = None) -> tuple[list, float]:
     data = os.path.join(workdir, "problems.jsonl")
     if not os.path.exists(data):
         with open(data, "w", encoding="utf-8") as f:
@@ -195,7 +206,7 @@ def run_setting(name: str, problems: list[dict], extra: list[str], workdir: str,
                 f.write(json.dumps({"doc_id": p["doc_id"], "text": p["text"]}) + "\n")
     out = os.path.join(workdir, name)
     cmd = [sys.executable, "-m", "commands.cli", "augment", "--input", data, "--output", out,
-           "--tools", "calculator", "--override", *SETTINGS[name], *extra, f"threads={threads}"]
+           "--tools", "calculator", *(["--model", model] if model else []), "--override", *SETTINGS[name], *extra, f"threads={threads}"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
     return read_candidates(out), time.perf_counter() - t0
@@ -210,7 +221,10 @@ def main() -> None:
                     help="overrides for every setting (augment --override)")
     ap.add_argument("--slack", type=int, default=12)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--run", help="judge this finished run instead of running the pipeline")
+    ap.add_argument("--model", help="the annotating model (default: the pipeline's default model), e.g. a "
+                    "fine-tuned round's final_model (self-training)")
+    ap.add_argument("--run", nargs="+", help="judge these finished runs (their candidates together, on the "
+                    "documents they wrote) instead of running the pipeline")
     ap.add_argument("--workdir", help="keep the runs here (default: a temporary directory)")
     ap.add_argument("--tau-f", nargs="*", type=float, default=[],
                     help="with --run: also judge the run as if filtered at each of these τf (only raising the "
@@ -219,9 +233,9 @@ def main() -> None:
     problems = load_problems(args.data, args.problems)
     results = {}
     if args.run:
-        ids = {c["doc_id"] for c in read_candidates(args.run)}
+        cands = [c for run in args.run for c in read_candidates(run)]
+        ids = set().union(*(run_doc_ids(run) for run in args.run)) or {c["doc_id"] for c in cands}
         problems = [p for p in problems if p["doc_id"] in ids] or problems
-        cands = read_candidates(args.run)
         results["run"] = judge(problems, cands, args.slack)
         for tau in args.tau_f:
             if any(c.get("threshold") is not None and tau < c["threshold"] for c in cands):
@@ -233,7 +247,7 @@ def main() -> None:
         workdir = args.workdir or tempfile.mkdtemp(prefix="bench_precision_")
         os.makedirs(workdir, exist_ok=True)
         for name in args.settings:
-            cands, seconds = run_setting(name, problems, args.set, workdir, args.threads)
+            cands, seconds = run_setting(name, problems, args.set, workdir, args.threads, args.model)
             results[name] = {**judge(problems, cands, args.slack), "seconds": round(seconds, 1)}
     print(f"{len(problems)} problems from {args.data}; slack {args.slack} chars")
     print("| setting | kept/problem | precision | problems with a right call | with written equations: precision, "
