@@ -9,6 +9,8 @@ Examples::
     # generated DATESET-like questions; LAMA cloze; perplexity with tools disabled
     toolformer evaluate --task dates --limit 200 --output out/dates
     toolformer evaluate --task cloze --data ../shared/data/lama/lama_cloze_all.jsonl.gz --limit 200
+    # open-domain questions (NQ-open JSONL, WebQuestions JSON) with WikiSearch over a BM25 index
+    toolformer evaluate --task qa --data ../shared/data/nq_open/NQ-open.dev.jsonl --index runs/wiki-index --limit 200
     toolformer evaluate --task perplexity --data ../shared/data/wikitext/wiki.test.raw --limit 20
 
 Prints the table; ``--output DIR`` also gets ``results.json``, ``results.md``, ``predictions.jsonl``
@@ -37,6 +39,8 @@ DEFAULT_TOOLS = {
     "math": ("Calculator", "Calendar", "WikiSearch", "QA"),
     "dates": ("Calculator", "Calendar", "WikiSearch", "QA"),
     "cloze": ("Calculator", "Calendar", "QA"),
+    # Open-domain QA (Table 5): the paper disables the QA tool, which would answer the question itself.
+    "qa": ("Calculator", "Calendar", "WikiSearch"),
 }
 INDEXED_TOOLS = ("WikiSearch", "QA")
 SHOWN_SKIPS = 5  # skipped-record reasons listed in results.json
@@ -62,10 +66,10 @@ def _dates_examples(num_queries: int, num_dates: int, seed: int, limit: int | No
 
 
 def evaluate(
-    task: Literal["math", "dates", "cloze", "perplexity"] = "math",
+    task: Literal["math", "dates", "cloze", "qa", "perplexity"] = "math",
     model: list[str] | None = None,
     data: str | None = None,
-    format: Literal["auto", "svamp", "asdiv", "mawps", "gsm8k", "jsonl", "lama", "dates", "text"] = "auto",
+    format: Literal["auto", "svamp", "asdiv", "mawps", "gsm8k", "jsonl", "lama", "dates", "webquestions", "text"] = "auto",
     tools: bool = True,
     limit: int | None = None,
     output: str | None = None,
@@ -92,7 +96,8 @@ def evaluate(
 
     Args:
         task: math (first number vs. gold), dates (generated DATESET-like questions, exact answers),
-            cloze (LAMA: answer within the first five words) or perplexity (plain text, tools disabled).
+            cloze (LAMA: answer within the first five words), qa (NQ-open, WebQuestions: an answer within
+            the first 20 words) or perplexity (plain text, tools disabled).
         model: one or more models (fetched name, model directory, .gguf): base first, then fine-tuned;
             each runs without and with tools. Default: smollm2-135m.
         data: the data file (not needed for dates, which are generated unless a saved JSONL is given).
@@ -103,9 +108,9 @@ def evaluate(
         question_field: question field of a generic JSONL file (--format jsonl).
         answer_field: answer field of a generic JSONL file (a number, a string or a list of strings).
         tool_names: tools to offer (default: Calculator and Calendar, plus WikiSearch and QA with --index;
-            no WikiSearch for cloze, as in the paper).
+            no WikiSearch for cloze and no QA for qa, as in the paper).
         index: search index directory for WikiSearch and QA.
-        max_new_tokens: tokens to generate per example (default: math 40, dates 32, cloze 32; math with
+        max_new_tokens: tokens to generate per example (default: math 40, dates 32, cloze 32, qa 40; math with
             --prompt-style solution 192).
         batch_size: prompts decoded together.
         seed: seed of the generated date questions.

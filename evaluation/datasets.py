@@ -6,7 +6,9 @@ MAWPS (the original JSON with ``sQuestion``/``lSolutions``, and the common JSONL
 "target"}``), GSM8K (JSONL ``question``/``answer`` ending in ``#### n``) and any JSONL with named
 question and answer fields. Fact cloze: LAMA-style JSONL (``prefix``/``obj_label``/``mask_is_final``
 as in ``lama_cloze_all.jsonl.gz``, or LAMA's raw ``masked_sentences``/``obj_label``). Dates: the
-JSONL written from :mod:`evaluation.dates` (``question``/``answer``/``kind``/``today``).
+JSONL written from :mod:`evaluation.dates` (``question``/``answer``/``kind``/``today``). Open-domain
+questions (``--task qa``, the paper's Table 5): NQ-open JSONL (``question``, ``answer``: a list) and
+WebQuestions (a JSON list of ``qText``/``answers``, or the original ``utterance``/``targetValue``).
 Perplexity: plain text, or JSONL with a ``text`` field. ``.gz`` files are read transparently.
 
 A malformed file or record (invalid JSON or XML, a missing field) raises :class:`UserError` naming
@@ -23,6 +25,7 @@ import dataclasses
 import datetime as dt
 import gzip
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,9 +39,10 @@ FORMATS_BY_TASK = {
     "math": MATH_FORMATS,
     "cloze": ("lama", "jsonl"),
     "dates": ("dates",),
+    "qa": ("jsonl", "webquestions"),
     "perplexity": ("text", "jsonl"),
 }
-ALL_FORMATS = ("auto", "svamp", "asdiv", "mawps", "gsm8k", "jsonl", "lama", "dates", "text")
+ALL_FORMATS = ("auto", "svamp", "asdiv", "mawps", "gsm8k", "jsonl", "lama", "dates", "webquestions", "text")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,6 +287,29 @@ def load_dates(path: Path) -> LoadedData:
     return LoadedData(str(path), "dates", examples, [])
 
 
+_WQ_DESCRIPTION = re.compile(r'\(description (?:"((?:[^"\\]|\\.)*)"|([^()"]+))\)')
+
+
+def load_webquestions(path: Path) -> LoadedData:
+    """WebQuestions: a JSON list of ``{"qId", "qText", "answers": [...]}`` (the common re-release) or of
+    the original ``{"utterance", "targetValue": "(list (description X) ...)"}``."""
+    examples = []
+    for n, rec in enumerate(read_json_list(path), 1):
+        where = f"record {n}"
+        if "qText" in rec:
+            question = _field(rec, "qText", path, where)
+            answers = _field(rec, "answers", path, where, (list,))
+        else:
+            question = _field(rec, "utterance", path, where)
+            target = _field(rec, "targetValue", path, where)
+            answers = [a or b for a, b in _WQ_DESCRIPTION.findall(target)]
+        answers = tuple(str(a).replace('\\"', '"').strip() for a in answers)
+        if not answers or not all(answers):
+            raise UserError(f"{path}: {where}: no answers (or an empty one)")
+        examples.append(Example(str(rec.get("qId", n)), question.strip(), answers))
+    return LoadedData(str(path), "webquestions", examples, [])
+
+
 def _first_record(path: Path) -> dict:
     if _is_jsonl(path):
         for _, rec in iter_jsonl(path):
@@ -311,6 +338,8 @@ def detect_format(path: str | Path, task: str) -> str:
         return "mawps"
     if {"obj_label"} <= keys and ({"prefix"} <= keys or {"masked_sentences"} <= keys):
         return "lama"
+    if {"qText", "answers"} <= keys or {"utterance", "targetValue"} <= keys:
+        return "webquestions"
     if {"question", "answer", "kind", "today"} <= keys:
         return "dates"
     if {"question", "answer"} <= keys and _is_jsonl(path):
@@ -324,7 +353,7 @@ def detect_format(path: str | Path, task: str) -> str:
 
 def load_examples(path: str | Path, task: str, format: str = "auto", question_field: str = "question",
                   answer_field: str = "answer") -> LoadedData:
-    """Read an evaluation set for ``task`` (math, cloze or dates) in ``format`` (or detect it)."""
+    """Read an evaluation set for ``task`` (math, cloze, dates or qa) in ``format`` (or detect it)."""
     path = Path(path)
     fmt = detect_format(path, task) if format == "auto" else format
     if fmt not in FORMATS_BY_TASK[task]:
@@ -333,7 +362,7 @@ def load_examples(path: str | Path, task: str, format: str = "auto", question_fi
     if fmt == "jsonl":
         return load_jsonl(path, task, question_field, answer_field)
     loader = {"svamp": load_svamp, "asdiv": load_asdiv, "mawps": load_mawps, "gsm8k": load_gsm8k,
-              "lama": load_lama, "dates": load_dates}[fmt]
+              "lama": load_lama, "dates": load_dates, "webquestions": load_webquestions}[fmt]
     return loader(path)
 
 

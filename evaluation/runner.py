@@ -28,7 +28,7 @@ from evaluation.datasets import Example
 from toolformer.errors import UserError
 from evaluation.dates import format_today
 from evaluation.perplexity import perplexity
-from evaluation.scoring import score_cloze, score_date, score_math, score_math_solution
+from evaluation.scoring import score_cloze, score_date, score_math, score_math_solution, score_qa
 from tools.base import CallContext, Tool
 
 # Zero-shot prompts, two styles (``--prompt-style``). "paper" (the default): the paper's own templates
@@ -42,10 +42,12 @@ PROMPT_STYLES = {
         "math": "{question} The answer is",
         "dates": "Answer the following question: {question}?",
         "cloze": "Please complete the following text so that it is factually correct: {question}",
+        "qa": "Answer the following question: {question}?",
     },
     "qa": {
         "math": "Question: {question}\nAnswer:",
         "dates": "Question: {question}\nAnswer:",
+        "qa": "Question: {question}\nAnswer:",
         "cloze": "Please complete the following text so that it is factually correct: {question}",
     },
     # Beyond the paper: the question, then a newline, and the model writes a worked solution in the
@@ -76,8 +78,11 @@ DEMONSTRATIONS = {
     "dates": ("How many days are there until Christmas Day?",
               " [Calendar() -> Today is Monday, December 18, 2023.] 7"),
     "cloze": ("The Eiffel Tower is located in the city of", " [QA(Where is the Eiffel Tower?) -> Paris] Paris."),
+    "qa": ("Who designed the Eiffel Tower?",
+           " [WikiSearch(Eiffel Tower) -> The Eiffel Tower is a wrought-iron lattice tower in Paris, named after"
+           " the engineer Gustave Eiffel, whose company designed and built it.] Gustave Eiffel."),
 }
-MAX_NEW_TOKENS = {"math": 40, "dates": 32, "cloze": 32}  # room for one call and a short answer
+MAX_NEW_TOKENS = {"math": 40, "dates": 32, "cloze": 32, "qa": 40}  # room for one call and a short answer
 TOP_K_TRIGGER = 10  # paper: start a call when the call token is among the top 10
 MAX_CALLS = 1  # paper: at most one API call per input
 
@@ -171,6 +176,8 @@ def score(task: str, example: Example, answer: str, style: str = "paper") -> tup
         return score_date(answer, example.answers[0], example.kind)
     if task == "cloze":
         return score_cloze(answer, example.answers)
+    if task == "qa":
+        return score_qa(answer, example.answers)
     raise ValueError(f"task {task!r} has no scoring rule")
 
 

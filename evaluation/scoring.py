@@ -1,4 +1,4 @@
-"""The paper's scoring rules: first number for math, exact answers for dates, first words for cloze.
+"""The paper's scoring rules: first number for math, exact answers for dates, first words for cloze and QA.
 
 All rules read the model's answer *without* its API calls (``GenerationOutput.text_without_calls``):
 the paper scores what the model says, and a call's input or result is not part of the answer.
@@ -124,6 +124,15 @@ CLOZE_WORDS = 5
 def normalize_words(text: str) -> list[str]:
     """Lower-cased words without punctuation ("Paris," -> "paris")."""
     return text.lower().translate(_PUNCT).split()
+
+
+# Open-domain QA (App. C.3 of the paper): correct if an answer is within the first twenty words.
+QA_WORDS = 20
+
+
+def score_qa(output: str, answers: tuple[str, ...] | list[str]) -> tuple[str, bool]:
+    """The paper's QA rule: one gold answer (all its words, in order) within the first 20 words."""
+    return score_cloze(output, answers, QA_WORDS)
 
 
 def score_cloze(output: str, answers: tuple[str, ...] | list[str], n_words: int = CLOZE_WORDS

@@ -265,3 +265,26 @@ def test_solution_style_generates_several_lines_and_calls(tmp_path, tiny_model_d
     assert [(p["extracted"], p["correct"]) for p in preds] == [(5.0, True), (9.0, False)]
     with pytest.raises(UserError, match="--prompt-style solution has no prompt for --task dates"):
         evaluate(task="dates", model=[str(tiny_model_dir)], tools=False, prompt_style="solution", progress=False)
+
+
+def test_qa_task_end_to_end_and_its_default_tools(tmp_path, tiny_model_dir):
+    from evaluation.cli import build_tools
+    from tools.wikisearch import Passage, build_index
+
+    index = build_index([Passage("1", "Moon", "Apollo 17 left the Moon in December 1972.")], tmp_path / "index")
+    # The paper's QA setting: every tool but QA, which would answer the question itself.
+    assert sorted(build_tools("qa", None, str(index))) == ["Calculator", "Calendar", "WikiSearch"]
+    assert sorted(build_tools("qa", None, None)) == ["Calculator", "Calendar"]
+    data = tmp_path / "NQ-open.dev.jsonl"
+    data.write_text(json.dumps({"question": "when was the last time anyone was on the moon",
+                                "answer": ["December 1972"]}) + "\n")
+    out = tmp_path / "qa"
+    rc = main(["evaluate", "--task", "qa", "--data", str(data), "--model", str(tiny_model_dir), "--no-tools",
+               "--max-new-tokens", "4", "--output", str(out), "--no-progress"])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert (results["task"], results["format"], results["n_examples"]) == ("qa", "jsonl", 1)
+    (prediction,) = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert prediction["prompt"] == "Answer the following question: when was the last time anyone was on the moon?"
+    assert prediction["gold"] == ["December 1972"]
+    assert prediction["correct"] is ("december 1972" in " ".join(prediction["extracted"].split()[:20]))

@@ -215,3 +215,48 @@ def test_wrong_format_for_task_and_missing_file(tmp_path):
     (tmp_path / "data.csv").write_text("a,b\n")
     with pytest.raises(UserError, match="cannot detect the format of .*data.csv"):
         load_examples(tmp_path / "data.csv", "math")
+
+
+def test_webquestions_both_formats(tmp_path):
+    common = tmp_path / "main_test.json"
+    common.write_text(json.dumps([{"qId": "wqs000001", "qText": "what did james k polk do before he was president?",
+                                   "answers": ["Lawyer", " Farmer "]}]))
+    data = load_examples(common, "qa")
+    assert (data.format, len(data.examples)) == ("webquestions", 1)
+    assert (data.examples[0].id, data.examples[0].question, data.examples[0].answers) == (
+        "wqs000001", "what did james k polk do before he was president?", ("Lawyer", "Farmer"))
+    original = tmp_path / "webquestions.examples.test.json"
+    original.write_text(json.dumps([{"url": "http://www.freebase.com/view/en/jamaica",
+                                     "targetValue": '(list (description "Jamaican Creole English Language") '
+                                                    '(description Jamaican English) (description "The \\"Big\\" One"))',
+                                     "utterance": "what does jamaican people speak?"}]))
+    data = load_examples(original, "qa")
+    assert data.format == "webquestions"
+    assert data.examples[0].answers == ("Jamaican Creole English Language", "Jamaican English", 'The "Big" One')
+
+
+def test_nq_open_is_jsonl_with_answer_lists_for_qa(tmp_path):
+    path = write_jsonl(tmp_path / "NQ-open.dev.jsonl", [
+        {"question": "when was the last time anyone was on the moon", "answer": ["14 December 1972 UTC", "December 1972"]}])
+    data = load_examples(path, "qa")
+    assert data.format == "jsonl"
+    assert data.examples[0].answers == ("14 December 1972 UTC", "December 1972")
+
+
+@pytest.mark.parametrize("records, message", [
+    ([{"qText": "who?", "answers": []}], "record 1: no answers"),
+    ([{"qText": "who?", "answers": ["x"]}, {"qText": "who?"}], "record 2: missing field 'answers'"),
+    ([{"utterance": "who?", "targetValue": "(list)"}], "record 1: no answers"),
+])
+def test_webquestions_bad_records_name_the_record(tmp_path, records, message):
+    path = tmp_path / "wq.json"
+    path.write_text(json.dumps(records))
+    with pytest.raises(UserError, match=message):
+        load_examples(path, "qa", format="webquestions")
+
+
+def test_webquestions_is_not_a_math_format(tmp_path):
+    path = tmp_path / "wq.json"
+    path.write_text(json.dumps([{"qText": "who?", "answers": ["x"]}]))
+    with pytest.raises(UserError, match="--format webquestions does not fit --task math"):
+        load_examples(path, "math")

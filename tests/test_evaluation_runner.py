@@ -61,3 +61,19 @@ def test_score_dispatch():
     assert score("dates", day, " It is Monday.") == ("Monday", True)
     fact = Example("3", "q", ("logic",))
     assert score("cloze", fact, " logic.") == ("logic", True)
+
+
+def test_open_domain_qa_prompts_and_scoring():
+    assert render_prompt("qa", "who wrote he ain't heavy he's my brother lyrics", style="paper") == (
+        "Answer the following question: who wrote he ain't heavy he's my brother lyrics?")
+    assert render_prompt("qa", "what does jamaican people speak?", style="paper") == (
+        "Answer the following question: what does jamaican people speak?")  # one question mark
+    shown = render_prompt("qa", "Q?", one_shot=True, tool_names=["WikiSearch"], style="paper")
+    assert shown.startswith("Answer the following question: Who designed the Eiffel Tower? [WikiSearch(Eiffel Tower) ->")
+    assert shown.endswith("] Gustave Eiffel.\n\nAnswer the following question: Q?")
+    assert render_prompt("qa", "Q?", one_shot=True, tool_names=["Calculator"], style="paper") == (
+        "Answer the following question: Who designed the Eiffel Tower? Gustave Eiffel.\n\n"
+        "Answer the following question: Q?")
+    fact = Example("4", "q", ("Bobby Scott", "Bob Russell"))
+    assert score("qa", fact, " The song was written by Bob Russell and Bobby Scott.") == (
+        "the song was written by bob russell and bobby scott", True)

@@ -3,6 +3,7 @@
 import pytest
 
 from evaluation.scoring import (
+    score_qa,
     extract_date_answer,
     extract_first_number,
     parse_gold_number,
@@ -116,3 +117,14 @@ def test_score_cloze(output, answers, correct):
 
 def test_score_cloze_reports_the_words_it_read():
     assert score_cloze(" The Eiffel Tower, in Paris, France!", ("paris",)) == ("the eiffel tower in paris", True)
+
+
+@pytest.mark.parametrize("output, answers, correct", [
+    (" " + " ".join(f"w{i}" for i in range(19)) + " Gustave Eiffel", ("Gustave Eiffel",), False),  # 20th and 21st
+    (" " + " ".join(f"w{i}" for i in range(19)) + " Eiffel", ("Eiffel",), True),  # the 20th word
+    (" It was designed by Gustave Eiffel's company.", ("gustave eiffel s",), True),
+    (" December 1972, when Apollo 17 left.", ("14 December 1972 UTC", "December 1972"), True),
+    (" In 1972.", ("December 1972",), False),
+])
+def test_score_qa_first_twenty_words(output, answers, correct):
+    assert score_qa(output, answers)[1] is correct
