@@ -110,7 +110,7 @@ def evaluate(
         tool_names: tools to offer (default: Calculator and Calendar, plus WikiSearch and QA with --index;
             no WikiSearch for cloze and no QA for qa, as in the paper).
         index: search index directory for WikiSearch and QA.
-        max_new_tokens: tokens to generate per example (default: math 40, dates 32, cloze 32, qa 40; math with
+        max_new_tokens: tokens to generate per example (default: math 40, dates 32, cloze 32, qa 96; math with
             --prompt-style solution 192).
         batch_size: prompts decoded together.
         seed: seed of the generated date questions.

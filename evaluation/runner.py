@@ -82,7 +82,8 @@ DEMONSTRATIONS = {
            " [WikiSearch(Eiffel Tower) -> The Eiffel Tower is a wrought-iron lattice tower in Paris, named after"
            " the engineer Gustave Eiffel, whose company designed and built it.] Gustave Eiffel."),
 }
-MAX_NEW_TOKENS = {"math": 40, "dates": 32, "cloze": 32, "qa": 40}  # room for one call and a short answer
+MAX_NEW_TOKENS = {"math": 40, "dates": 32, "cloze": 32, "qa": 96}  # room for one call and a short answer
+# (qa: the injected WikiSearch result, up to ~60 tokens, counts against the budget)
 TOP_K_TRIGGER = 10  # paper: start a call when the call token is among the top 10
 MAX_CALLS = 1  # paper: at most one API call per input
 
