@@ -28,7 +28,6 @@ examples), ``inline``. The last line is a JSON object with ``precision``, ``righ
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import re
@@ -179,22 +178,28 @@ def judge(problems: list[dict], cands: list[dict], slack: int) -> dict:
     }
 
 
-def read_candidates(run: str) -> list[dict]:
+def shard_records(run: str, kind: str) -> list[dict]:
+    """Every record of a run's ``kind`` shards (texts, candidates), read with the project's one shard
+    reader (toolformer.runs); a bad line stops the benchmark, naming it."""
+    from toolformer import runs
+
     rows = []
-    for path in sorted(glob.glob(os.path.join(run, "candidates-*.jsonl"))):
-        with open(path, encoding="utf-8") as f:
-            rows += [json.loads(line) for line in f if line.strip()]
+    for path in runs.shards(run, kind):
+        for n, record, problem in runs.json_lines(path):
+            if problem:
+                raise SystemExit(f"{path}: line {n}: {problem}")
+            rows.append(record)
     return rows
 
 
+def read_candidates(run: str) -> list[dict]:
+    return shard_records(run, "candidates")
+
+
 def run_doc_ids(run: str) -> set[str]:
-    """Every document a finished run wrote (texts-*.jsonl), with candidates or not: the denominator of
+    """Every document a finished run wrote (its texts), with candidates or not: the denominator of
     the share of problems with a right call."""
-    ids = set()
-    for path in sorted(glob.glob(os.path.join(run, "texts-*.jsonl"))):
-        with open(path, encoding="utf-8") as f:
-            ids |= {json.loads(line)["doc_id"] for line in f if line.strip()}
-    return ids
+    return {r["doc_id"] for r in shard_records(run, "texts")}
 
 
 def run_setting(name: str, problems: list[dict], extra: list[str], workdir: str, threads: int,

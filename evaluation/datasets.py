@@ -302,8 +302,9 @@ def load_webquestions(path: Path) -> LoadedData:
         else:
             question = _field(rec, "utterance", path, where)
             target = _field(rec, "targetValue", path, where)
-            answers = [a or b for a, b in _WQ_DESCRIPTION.findall(target)]
-        answers = tuple(str(a).replace('\\"', '"').strip() for a in answers)
+            # the original's quoted descriptions escape their quotes: (description "The \"Big\" One")
+            answers = [a.replace('\\"', '"') or b for a, b in _WQ_DESCRIPTION.findall(target)]
+        answers = tuple(str(a).strip() for a in answers)
         if not answers or not all(answers):
             raise UserError(f"{path}: {where}: no answers (or an empty one)")
         examples.append(Example(str(rec.get("qId", n)), question.strip(), answers))

@@ -3,7 +3,6 @@
 import pytest
 
 from evaluation.scoring import (
-    score_qa,
     extract_date_answer,
     extract_first_number,
     parse_gold_number,
@@ -11,6 +10,7 @@ from evaluation.scoring import (
     score_date,
     score_math,
     score_math_solution,
+    score_qa,
 )
 
 
