@@ -31,6 +31,8 @@ def markdown_table(task: str, results: list[ConditionResult]) -> str:
         calls = ", ".join(f"{tool} {k}" for tool, k in r.calls_per_tool.items()) or "-"
         if r.failed_calls:
             calls += f" ({r.failed_calls} failed)"
+        if r.unknown_tool_calls:
+            calls += f"; {sum(r.unknown_tool_calls.values())} to unknown tools ({', '.join(r.unknown_tool_calls)})"
         tools = ", ".join(r.tool_names) if r.tools else "none"
         lines.append(f"| {r.condition} | {r.model} | {tools} | {r.n} | {r.correct} | {_pct(r.accuracy)} | "
                      f"{_pct(r.tool_call_share)} | {calls} |")

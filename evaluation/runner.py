@@ -78,6 +78,10 @@ DEMONSTRATIONS = {
     "dates": ("How many days are there until Christmas Day?",
               " [Calendar() -> Today is Monday, December 18, 2023.] 7"),
     "cloze": ("The Eiffel Tower is located in the city of", " [QA(Where is the Eiffel Tower?) -> Paris] Paris."),
+    # the same fact through a search, for a model allowed WikiSearch and not QA (the search track)
+    "cloze/WikiSearch": ("The Eiffel Tower is located in the city of",
+                         " [WikiSearch(Eiffel Tower) -> The Eiffel Tower is a wrought-iron lattice tower on the"
+                         " Champ de Mars in Paris, France.] Paris."),
     "qa": ("Who designed the Eiffel Tower?",
            " [WikiSearch(Eiffel Tower) -> The Eiffel Tower is a wrought-iron lattice tower in Paris, named after"
            " the engineer Gustave Eiffel, whose company designed and built it.] Gustave Eiffel."),
@@ -110,9 +114,11 @@ class ConditionResult:
     n: int
     correct: int | None = None
     accuracy: float | None = None
-    tool_call_share: float | None = None  # share of examples in which at least one call ran
-    calls_per_tool: dict[str, int] = dataclasses.field(default_factory=dict)
+    tool_call_share: float | None = None  # share of examples with at least one call to a tool of the condition
+    calls_per_tool: dict[str, int] = dataclasses.field(default_factory=dict)  # the condition's tools only
     failed_calls: int = 0  # calls that ran and returned an error (rolled back by the generator)
+    # calls naming a tool the condition does not have (rolled back, never run): name -> count
+    unknown_tool_calls: dict[str, int] = dataclasses.field(default_factory=dict)
     perplexity: float | None = None
     nll: float | None = None
     tokens: int | None = None
@@ -157,7 +163,12 @@ def render_prompt(task: str, question: str, one_shot: bool = False, tool_names: 
     prompt = template.replace("{question}", question)
     if not one_shot:
         return prompt
-    demo_question, demo_answer = DEMONSTRATIONS[task]
+    # a task's demonstration calls one tool; "task/Tool" entries show another one, used when the
+    # task's own tool is not allowed and that one is
+    demos = [DEMONSTRATIONS[task]] + [d for key, d in DEMONSTRATIONS.items()
+                                       if key.startswith(task + "/") and key.split("/", 1)[1] in tool_names]
+    demo_question, demo_answer = next(
+        (d for d in demos if any(call.tool in tool_names for call in parse_calls(d[1]))), demos[0])
     if not any(call.tool in tool_names for call in parse_calls(demo_answer)):
         demo_answer = strip_calls(demo_answer)
     if template.endswith("{question}?"):
@@ -238,12 +249,17 @@ def run_generation_condition(
         raise RuntimeError(f"the generator returned {len(outputs)} outputs for {len(examples)} prompts")
     correct, with_call, failed = 0, 0, 0
     per_tool: collections.Counter[str] = collections.Counter()
+    unknown: collections.Counter[str] = collections.Counter()  # names the model invented (FB, Fauna)
     for ex, prompt, out in zip(examples, prompts, outputs):
         extracted, ok = score(task, ex, out.text_without_calls, prompt_style)
         correct += ok
-        with_call += bool(out.calls)
-        per_tool.update(call.tool for call in out.calls)
-        failed += sum(call.error is not None for call in out.calls)
+        with_call += any(call.tool in tools for call in out.calls)
+        for call in out.calls:
+            if call.tool in tools:
+                per_tool[call.tool] += 1
+                failed += call.error is not None
+            else:  # rolled back by the generator like a failed call, counted apart
+                unknown[call.tool] += 1
         record = {
             "condition": condition.name, "model": condition.model, "tools": condition.use_tools,
             "id": ex.id, "prompt": prompt, "output": out.text, "answer": out.text_without_calls,
@@ -260,7 +276,7 @@ def run_generation_condition(
         condition=condition.name, model=condition.model, tools=condition.use_tools,
         tool_names=sorted(tools), n=n, correct=correct, accuracy=correct / n if n else 0.0,
         tool_call_share=with_call / n if n else 0.0, calls_per_tool=dict(sorted(per_tool.items())),
-        failed_calls=failed, seconds=round(time.perf_counter() - start, 2))
+        failed_calls=failed, unknown_tool_calls=dict(sorted(unknown.items())), seconds=round(time.perf_counter() - start, 2))
 
 
 def run_perplexity_condition(condition: Condition, model, tokenizer, text: str, window: int, stride: int,

@@ -104,6 +104,24 @@ def test_table_numbers_with_and_without_tools(tmp_path, tiny_model_dir, mawps_fi
     assert {c.date for c in ctx_tools} == {dt.date(2023, 1, 30)}
 
 
+
+def test_calls_to_tools_the_condition_lacks_are_counted_apart(tmp_path, tiny_model_dir, mawps_file, scripted,
+                                                              monkeypatch, capsys):
+    # The model invents a tool name (as the base model does on LAMA: "FB", "Fauna"): the generator rolls
+    # the call back; it is no call of the condition's tools, not a failed one, and not a "call" share.
+    monkeypatch.setitem(SCRIPT, "2", (" 135 dollars", " 135 dollars", [("FB", "dollars", None, "unknown tool")]))
+    monkeypatch.setitem(SCRIPT, "3", (" 5", " 5", [("FB", "cups", None, "unknown tool"),
+                                                  ("Fauna", "x", None, "unknown tool")]))
+    out = tmp_path / "out"
+    assert main(["evaluate", "--task", "math", "--data", str(mawps_file), "--model", str(tiny_model_dir),
+                 "--limit", "4", "--output", str(out), "--today", "2023-01-30", "--no-progress"]) == 0
+    assert (f"| {tiny_model_dir.name} + tools | {tiny_model_dir} | Calculator, Calendar | 4 | 3 | 75.0 | 50.0 | "
+            "Calculator 2; 3 to unknown tools (FB, Fauna) |") in capsys.readouterr().out
+    tools = json.loads((out / "results.json").read_text())["conditions"][1]
+    assert (tools["calls_per_tool"], tools["failed_calls"], tools["unknown_tool_calls"], tools["tool_call_share"]) == (
+        {"Calculator": 2}, 0, {"FB": 2, "Fauna": 1}, 0.5)
+
+
 def test_two_models_and_no_tools(tmp_path, tiny_model_dir, mawps_file, scripted):
     out = tmp_path / "out"
     evaluate(task="math", model=[str(tiny_model_dir), str(tiny_model_dir)], data=str(mawps_file), tools=False,
@@ -178,7 +196,8 @@ def test_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir, mawps_file):
         assert cond["n"] == len(rows) == 3
         assert cond["correct"] == sum(p["correct"] for p in rows)
         assert cond["tool_call_share"] == sum(bool(p["calls"]) for p in rows) / 3
-        assert sum(cond["calls_per_tool"].values()) == sum(len(p["calls"]) for p in rows)
+        assert sum(cond["calls_per_tool"].values()) + sum(cond["unknown_tool_calls"].values()) == sum(
+            len(p["calls"]) for p in rows)
         for p in rows:
             assert p["prompt"].endswith(" The answer is")  # the paper's math prompt
             assert "\n" not in p["output"]  # generation stops at a newline

@@ -44,6 +44,15 @@ def test_one_shot_shows_the_call_only_to_conditions_with_that_tool():
     assert render_prompt("cloze", "X is in", one_shot=True, tool_names=["Calculator"]).startswith(
         "Please complete the following text so that it is factually correct: The Eiffel Tower is located in "
         "the city of Paris.\n\n")
+    # Allowed WikiSearch and not QA, it sees the same fact found by a search; with both, QA's example.
+    cloze = "Please complete the following text so that it is factually correct: "
+    assert render_prompt("cloze", "X is in", one_shot=True, tool_names=["WikiSearch"]) == (
+        cloze + "The Eiffel Tower is located in the city of [WikiSearch(Eiffel Tower) -> The Eiffel Tower is a "
+        "wrought-iron lattice tower on the Champ de Mars in Paris, France.] Paris.\n\n" + cloze + "X is in")
+    assert "[QA(Where is the Eiffel Tower?) -> Paris]" in render_prompt(
+        "cloze", "X is in", one_shot=True, tool_names=["WikiSearch", "QA"])
+    assert render_prompt("cloze", "X is in", one_shot=True, tool_names=[]) == render_prompt(
+        "cloze", "X is in", one_shot=True, tool_names=["Calculator"])
 
 
 def test_labels_and_conditions():
