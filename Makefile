@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TF := $(VENV)/bin/toolformer
 
-.PHONY: install test test-all demo bench experiment clean
+.PHONY: install test test-all demo bench experiment experiment-search clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ DOCS ?= 2000
 experiment: install
 	$(TF) fetch-model
 	$(PY) benchmarks/experiment.py --docs $(DOCS) --output experiment_out
+
+# The search track (needs ../shared/data): WikiSearch calls on Wikipedia articles, LAMA, dates. ~50 min.
+experiment-search: install
+	$(TF) fetch-model
+	$(PY) benchmarks/experiment_search.py --docs 600 --workers 2 --threads 2 --lama 50 50 200
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -256,7 +256,7 @@ def write_summary(out: Path, args, stats: dict, precision: dict, tables: dict, t
     plot(out, rows)
 
 
-def plot(out: Path, rows: list[dict]) -> None:
+def plot(out: Path, rows: list[dict], title: str = "base vs fine-tuned, with and without the Calculator") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -273,7 +273,7 @@ def plot(out: Path, rows: list[dict]) -> None:
     ax.set_xticks([i + width * (len(conds) - 1) / 2 for i in range(len(evals))], evals)
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=7)
-    ax.set_title("base vs fine-tuned, with and without the Calculator")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=120)
 
