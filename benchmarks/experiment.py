@@ -226,6 +226,17 @@ def evaluate(args, out: Path, log: Path, times: dict, step, models: list[str], l
         log, threads))
 
 
+def rows_table(rows: list[dict]) -> list[str]:
+    """The Markdown table of evaluation rows (eval, condition, n, accuracy, call share, perplexity)."""
+    lines = ["| eval | condition | n | accuracy | outputs with a call | perplexity |", "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+        share = "-" if r["tool_call_share"] is None else f"{100 * r['tool_call_share']:.0f}%"
+        ppl = "-" if r["perplexity"] is None else f"{r['perplexity']:.2f}"
+        lines.append(f"| {r['eval']} | {r['condition']} | {r['n']} | {acc} | {share} | {ppl} |")
+    return lines
+
+
 def write_summary(out: Path, args, stats: dict, precision: dict, tables: dict, times: dict,
                   round2: dict | None = None) -> None:
     rows = []
@@ -240,12 +251,7 @@ def write_summary(out: Path, args, stats: dict, precision: dict, tables: dict, t
                f"candidates, kept {p['kept']} ({p['kept_per_problem']:.3f} per document), precision "
                f"{p['precision']:.2f}, a right call in {p['right_problem_share']:.1%} of documents." + "\n"
                for label, p in (round2 or {}).items()],
-             "| eval | condition | n | accuracy | outputs with a call | perplexity |", "|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
-        share = "-" if r["tool_call_share"] is None else f"{100 * r['tool_call_share']:.0f}%"
-        ppl = "-" if r["perplexity"] is None else f"{r['perplexity']:.2f}"
-        lines.append(f"| {r['eval']} | {r['condition']} | {r['n']} | {acc} | {share} | {ppl} |")
+             *rows_table(rows)]
     lines += ["", "Seconds per step: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()),
               f"Total: {sum(times.values()) / 60:.1f} min"]
     (out / "summary.md").write_text("\n".join(lines) + "\n")

@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from experiment import BASE, plot, results_of, sh  # noqa: E402
+from experiment import BASE, plot, results_of, rows_table, sh  # noqa: E402
 from toolformer.runs import json_lines, shards  # noqa: E402
 
 SUBSETS = ("SQuAD", "Google-RE", "T-REx")
@@ -252,12 +252,7 @@ def summary(out: Path, args, run: Path, docs: Path, lama: Path, times: dict) -> 
              f"{ws['candidates']} candidates, **{ws['kept']} kept** in {texts['texts_with_calls']} of "
              f"{texts['texts_written']} texts. Settings: {' '.join(args.augment_set)}.", "",
              "Kept calls with the largest L⁻ − L⁺:", "", *[f"- {e}" for e in kept_examples(run, docs)], "",
-             "| eval | condition | n | accuracy | outputs with a call | perplexity |", "|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
-        share = "-" if r["tool_call_share"] is None else f"{100 * r['tool_call_share']:.0f}%"
-        ppl = "-" if r["perplexity"] is None else f"{r['perplexity']:.2f}"
-        lines.append(f"| {r['eval']} | {r['condition']} | {r['n']} | {acc} | {share} | {ppl} |")
+             *rows_table(rows)]
     if breakdown:
         lines += ["", "LAMA per subset (accuracy; outputs with a call; calls whose result holds the gold answer):", "",
                   "| condition | " + " | ".join(SUBSETS) + " |", "|---|" + "---:|" * len(SUBSETS)]
