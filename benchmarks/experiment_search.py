@@ -96,7 +96,7 @@ def write_lama_sample(src: Path, dest: Path, per_subset: dict[str, int], seed: i
 
 def lama_breakdown(pred_path: Path, sample: Path) -> list[dict]:
     """Accuracy per condition and subset, the call share, and how often a retrieved passage holds the answer."""
-    subset = {json.loads(line)["id"]: json.loads(line)["subset"] for line in open(sample, encoding="utf-8")}
+    subset = {item["id"]: item["subset"] for item in map(json.loads, open(sample, encoding="utf-8"))}
     cells: dict[tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
     for line in open(pred_path, encoding="utf-8"):
         p = json.loads(line)
@@ -130,7 +130,7 @@ def retrieval_ceiling(index: Path, sample: Path) -> dict[str, list[int]]:
 
 def kept_examples(run: Path, docs: Path, k: int = 8) -> list[str]:
     """The ``k`` kept calls with the largest L⁻ − L⁺, each with the text around it."""
-    texts = {str(json.loads(line)["doc_id"]): json.loads(line)["text"] for line in open(docs, encoding="utf-8")}
+    texts = {str(doc["doc_id"]): doc["text"] for doc in map(json.loads, open(docs, encoding="utf-8"))}
     kept = [r for path in shards(str(run), "candidates") for _, r, _ in json_lines(path) if r and r.get("kept")]
     kept.sort(key=lambda r: -r["delta"])
     out = []

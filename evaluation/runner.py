@@ -163,14 +163,11 @@ def render_prompt(task: str, question: str, one_shot: bool = False, tool_names: 
     prompt = template.replace("{question}", question)
     if not one_shot:
         return prompt
-    # a task's demonstration calls one tool; "task/Tool" entries show another one, used when the
-    # task's own tool is not allowed and that one is
-    demos = [DEMONSTRATIONS[task]] + [d for key, d in DEMONSTRATIONS.items()
-                                       if key.startswith(task + "/") and key.split("/", 1)[1] in tool_names]
-    demo_question, demo_answer = next(
-        (d for d in demos if any(call.tool in tool_names for call in parse_calls(d[1]))), demos[0])
+    demo_question, demo_answer = DEMONSTRATIONS[task]
     if not any(call.tool in tool_names for call in parse_calls(demo_answer)):
-        demo_answer = strip_calls(demo_answer)
+        # the task's example with another tool ("task/Tool") where that one is allowed, else without its call
+        other = next((DEMONSTRATIONS[f"{task}/{t}"] for t in tool_names if f"{task}/{t}" in DEMONSTRATIONS), None)
+        demo_question, demo_answer = other or (demo_question, strip_calls(demo_answer))
     if template.endswith("{question}?"):
         demo_question = demo_question.rstrip("?")
     if style == "solution":
@@ -276,7 +273,8 @@ def run_generation_condition(
         condition=condition.name, model=condition.model, tools=condition.use_tools,
         tool_names=sorted(tools), n=n, correct=correct, accuracy=correct / n if n else 0.0,
         tool_call_share=with_call / n if n else 0.0, calls_per_tool=dict(sorted(per_tool.items())),
-        failed_calls=failed, unknown_tool_calls=dict(sorted(unknown.items())), seconds=round(time.perf_counter() - start, 2))
+        failed_calls=failed, unknown_tool_calls=dict(sorted(unknown.items())),
+        seconds=round(time.perf_counter() - start, 2))
 
 
 def run_perplexity_condition(condition: Condition, model, tokenizer, text: str, window: int, stride: int,
