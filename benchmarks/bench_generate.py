@@ -71,12 +71,15 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,2,4,8")
     parser.add_argument("--device", default=None, help="cuda, cpu or mps (default: the best available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA)")
+    parser.add_argument("--no-pack", action="store_true",
+                        help="no MKL-packed weights for few-row products (the figures before "
+                             "toolformer.packed_linear; same as TOOLFORMER_PACKED_LINEAR=0)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_generate: --device cuda, but no CUDA device is available")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
+    model, tok = load_model(args.model, device=args.device, dtype=args.dtype, pack_weights=not args.no_pack)
     device = model.device
     api = tok(" [", add_special_tokens=False).input_ids[0]
     cache_kw = cache_keyword(model)
@@ -84,7 +87,8 @@ def main() -> None:
     prompts = [FEW_SHOT + t for t in (TASKS * 4)[:args.prompts]]
     print(f"model {args.model} on {device} ({model.dtype}), {args.prompts} prompts of ~"
           f"{len(tok(prompts[0]).input_ids)} tokens, up to {args.new_tokens} new tokens, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}, packed Linear layers: "
+          f"{sum(isinstance(m, torch.nn.Linear) and 'forward' in vars(m) for m in model.modules())}")
     hf_generate(model, tok, prompts[0], 2, api)  # warm-up
 
     # 1. our loop without calls vs model.generate

@@ -290,7 +290,7 @@ def build_trainer(cfg: FinetuneConfig, callbacks=()) -> tuple[FinetuneTrainer, d
     ckpt_dir, resume_from = _prepare_output(cfg)
     on_gpu = torch.cuda.is_available() and cfg.device != "cpu"
     # fp32 master weights everywhere; on a GPU the Trainer adds bf16 autocast.
-    model, tokenizer = load_model(cfg.model, device="cpu", dtype="float32")
+    model, tokenizer = load_model(cfg.model, device="cpu", dtype="float32", pack_weights=False)  # trained: no packed copies
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and cfg.max_length > limit:
         raise UserError(f"--max-length {cfg.max_length} is beyond the model's limit of {limit} positions")

@@ -116,7 +116,9 @@ class AugmentModel:
         lazy_filter: bool = False,
         decode_rows: int | None = None,
     ):
-        self.model, self.tokenizer = load_model(model_spec, device=device)
+        # No packed few-row weights (toolformer.packed_linear): the sampling pool decodes 48 rows
+        # a step, where the plain product is as fast, and the copies would cost each worker 0.9 GB.
+        self.model, self.tokenizer = load_model(model_spec, device=device, pack_weights=False)
         tok = self.tokenizer
         api = tok(" [", add_special_tokens=False)["input_ids"]
         if len(api) != 1:
