@@ -278,10 +278,6 @@ def load_model(
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     model = model.to(dev).eval()
-    if dev.type == "cpu":
-        from toolformer.heap import keep_freed_memory
-
-        keep_freed_memory()  # large tensors reuse freed memory instead of page-faulting in again
     if pack_weights and dev.type == "cpu":
         from toolformer.packed_linear import pack_linears
 
