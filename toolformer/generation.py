@@ -32,7 +32,8 @@ The decode loop, as in the paper (section "Inference", METHOD.md "Decoding with 
 * Rows of a batch are interrupted independently. The batch shares one DynamicCache; a row that feeds
   fewer tokens than another at a step (a 1-token step beside an injected result) is padded with
   masked "holes", and a rolled-back call becomes a hole in its row's attention mask (position ids are
-  kept per row, so a row's logits do not depend on the holes). Cache columns that are holes for every
+  kept per row, so a row's logits do not depend on the holes; the Linear layers skip the padding
+  holes of a step, :mod:`toolformer.ragged`). Cache columns that are holes for every
   row at the end of the cache are cut with ``DynamicCache.crop``: for a single row a rollback crops the
   cache back to the position before `` [``. Finished rows leave the batch (``batch_select_indices``).
   Tools run between two forward passes, so a row waiting on a tool holds the others as long as the
