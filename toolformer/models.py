@@ -255,6 +255,8 @@ def load_model(
     (:mod:`toolformer.packed_linear`: decoding a batch of 4-12 rows; the same results to rounding,
     about 0.9 GB more memory for the default model, ``TOOLFORMER_PACKED_LINEAR=0`` turns it off
     everywhere). Pass ``False`` for a model that will be trained, or that never decodes few rows.
+    On the CPU, masked attention of several query tokens uses torch's grouped-query kernel instead
+    of repeating the key/value heads (:mod:`toolformer.gqa_attention`; inference only).
     """
     from transformers import AutoModelForCausalLM
 
@@ -278,6 +280,10 @@ def load_model(
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     model = model.to(dev).eval()
+    if dev.type == "cpu":
+        from toolformer.gqa_attention import enable
+
+        enable()  # masked multi-token attention without copying the KV heads (toolformer.gqa_attention)
     if pack_weights and dev.type == "cpu":
         from toolformer.packed_linear import pack_linears
 
