@@ -300,42 +300,59 @@ def summary(name: str, res: dict, n_docs: int, counter: FlopCounter, peak: float
 
 
 @torch.no_grad()
-def decode_rows_table(model, context: int = 800, rows=(1, 2, 4, 8, 16, 24, 32, 48, 64, 96)) -> list[dict]:
+def decode_rows_table(model, context: int = 800, rows=(1, 2, 4, 8, 16, 24, 32, 48, 64, 96),
+                      shared: int = 480) -> list[dict]:
     """Decode step time vs rows at ``context`` cached tokens (the sampling pool's step), to pick
     the pool's row budget (``toolformer.sampling.DECODE_ROWS_CPU``): the knee where the time
-    per row stops falling. Median of 3 steps per size, through the pool's own cache layer."""
+    per row stops falling. Median of 3 steps per size, through the pool's own cache layer: each row
+    holding all ``context`` columns (``step_ms``), and -- as the pool runs on the CPU -- the first
+    ``shared`` of them kept once for all rows (cascade attention, ``step_ms_shared_head``)."""
     from transformers import DynamicCache
 
     from toolformer.cache_api import cache_keyword
-    from toolformer.sampling import _PoolLayer
+    from toolformer.cascade_attention import Cascade, usable
+    from toolformer.row_pool import _PoolLayer
 
     cfg = model.config
     heads, dim = cfg.num_key_value_heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     like = torch.zeros(1, heads, 1, dim, dtype=model.dtype, device=model.device)
+    head = [(torch.randn(1, heads, shared, dim, dtype=model.dtype, device=model.device),
+             torch.randn(1, heads, shared, dim, dtype=model.dtype, device=model.device))
+            for _ in range(cfg.num_hidden_layers)]
     table = []
-    for r in rows:
-        layers = [_PoolLayer(like, r, context + 8) for _ in range(cfg.num_hidden_layers)]
+
+    def step_seconds(r: int, own: int, extra: dict) -> float:
+        layers = [_PoolLayer(like, r, own + 8) for _ in range(cfg.num_hidden_layers)]
         for layer in layers:
             layer._k.normal_()
             layer._v.normal_()
         times = []
         for step in range(4):
             for layer in layers:
-                layer.window(r, 0, context + step)
+                layer.window(r, 0, own + step)
             cache = DynamicCache()
             cache.layers = list(layers)
             t0 = time.perf_counter()
             model(
                 input_ids=torch.full((r, 1), 5, device=model.device),
-                attention_mask=torch.ones((r, context + step + 1), dtype=torch.long, device=model.device),
+                attention_mask=torch.ones((r, own + step + 1), dtype=torch.long, device=model.device),
                 position_ids=torch.full((r, 1), context + step, device=model.device),
                 **{cache_keyword(model): cache},
                 use_cache=True,
+                **extra,
             )
             times.append(time.perf_counter() - t0)
-        step_s = sorted(times[1:])[1]
-        table.append({"rows": r, "step_ms": round(1000 * step_s, 1), "ms_per_row": round(1000 * step_s / r, 2)})
-        print(json.dumps({"decode_rows": table[-1]}))
+        return sorted(times[1:])[1]
+
+    for r in rows:
+        step_s = step_seconds(r, context, {})
+        row = {"rows": r, "step_ms": round(1000 * step_s, 1), "ms_per_row": round(1000 * step_s / r, 2)}
+        if shared and usable(model):
+            cascade = Cascade([head], [torch.arange(r, device=model.device)])
+            shared_s = step_seconds(r, context - shared, {"cascade": cascade})
+            row.update(step_ms_shared_head=round(1000 * shared_s, 1), ms_per_row_shared_head=round(1000 * shared_s / r, 2))
+        table.append(row)
+        print(json.dumps({"decode_rows": row}))
     return table
 
 

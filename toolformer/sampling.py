@@ -90,6 +90,11 @@ class PromptCache:
     def __len__(self) -> int:
         return len(self.head_ids)
 
+    @property
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The head's (keys, values) per layer, each (1, kv_heads, len(self), d)."""
+        return self._layers
+
     def expanded(self, batch: int) -> DynamicCache:
         """A fresh cache holding the head for ``batch`` rows (the model appends to it in place)."""
         return DynamicCache(
@@ -113,6 +118,7 @@ class ScoredBatch:
     mask: torch.Tensor
     text_start: list[int]
     probs: list[torch.Tensor]
+    head: PromptCache | None = None  # the head every row begins with (the row pool keeps it once)
 
 
 @torch.no_grad()
@@ -156,7 +162,8 @@ def score_positions(
         start = len(m) - 1 - first
         probs.append(logp_api[b, start : start + len(t)].exp())
     return ScoredBatch(
-        cache=output_cache(out), mask=mask, text_start=[head + len(m) for m in middle_ids], probs=probs
+        cache=output_cache(out), mask=mask, text_start=[head + len(m) for m in middle_ids], probs=probs,
+        head=prompt,
     )
 
 
