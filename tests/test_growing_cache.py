@@ -36,7 +36,7 @@ def test_every_operation_the_loop_uses_gives_dynamiclayers_keys():
         for layer in (ref, grow):
             layer.update(*kv(3, 1 + 2 * (step == 2), 10 + step))
         same(ref, grow)
-    assert grow._k.data_ptr() == storage and grow._k.shape[2] == 2 * 5 + 64  # sized at the prefill
+    assert grow._k.data_ptr() == storage and grow._k.shape[2] == 5 + 128  # sized at the prefill: room for min_room more
     for layer in (ref, grow):  # a rollback crops; the next step overwrites the cropped columns
         layer.crop(-3)
     same(ref, grow)
@@ -54,11 +54,14 @@ def test_every_operation_the_loop_uses_gives_dynamiclayers_keys():
         layer.keys, layer.values = keys.clone(), values.clone()
         layer.update(*kv(2, 1, 50))
     same(ref, grow)
-    for step in range(40):  # past the capacity: the storage doubles, the content stays
+    assert grow._k.shape[2] == 10 + 128  # reallocated when the keys were assigned anew
+    storages = {grow._k.data_ptr()}
+    for step in range(60):  # past the capacity: the storage grows (by 128 columns here), the content stays
         for layer in (ref, grow):
             layer.update(*kv(2, 3, 60 + step))
+        storages.add(grow._k.data_ptr())
     same(ref, grow)
-    assert grow._k.shape[2] >= grow.get_seq_length()
+    assert grow.get_seq_length() == 190 and len(storages) == 2 and grow._k.shape[2] == 139 + 128
 
 
 def test_the_cache_of_a_llama_is_growing_and_counts_as_full_attention(tiny_model, sliding_model):
