@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 import tests.test_row_pool as row_pool_tests
 import toolformer.cascade_attention as cascade_attention
-from tests.test_row_pool import ends_early, prefix, reference, score
+from tests.test_row_pool import DOCS, ends_early, prefix, reference, score
 from toolformer.cascade_attention import Cascade, cascade_forward
-from toolformer.sampling import RowPool, SampleRequest, sample_calls, stable_seed
+from toolformer.sampling import PromptCache, RowPool, SampleRequest, sample_calls, score_positions, stable_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 setup = row_pool_tests.setup  # the row pool tests' fixture: tiny model, prompt head, documents
@@ -80,3 +80,33 @@ def test_the_pool_keeps_the_head_once_and_samples_the_same(setup, monkeypatch):
     assert got[True] == refs
     assert sample_calls(model, scored, requests, api, closing, abandoning, max_new_tokens=10,
                         viable=ends_early, max_rows=4) == refs
+
+
+def test_two_tools_heads_in_one_step_each_row_sees_its_own(setup):
+    """Rows of two tools (two prompt heads of different lengths) decode in the same steps: each
+    sample equals the same sample decoded alone from its own full prefix."""
+    model, tok, prompt, api, mids, texts, closing, abandoning = setup
+    other = PromptCache(model, tok, "Add Calendar calls.\nInput: It is May.\nOutput: It is [Calendar()] May.\n"
+                                    "Input: {input}\nOutput:")
+    assert len(other) != len(prompt)
+    other_mids = [tok(other.parts.middle(d), add_special_tokens=False)["input_ids"] for d in DOCS]
+    first = score(setup, [1])
+    second = score_positions(model, other, [other_mids[0], other_mids[2]], [texts[0], texts[2]], api,
+                             tok.pad_token_id)
+    req_a = [SampleRequest(0, i, stable_seed(11, i, s)) for i in (2, 5) for s in range(2)]
+    req_b = [SampleRequest(b, i, stable_seed(12, b, i)) for b in (0, 1) for i in (3, 7)]
+    steps = []
+    pool = RowPool(model, api, closing, abandoning, max_rows=8, cascade=True)
+    real = pool._cascade
+    pool._cascade = lambda rows: steps.append(len({r.head for r in rows})) or real(rows)
+    out_a = pool.add(first, req_a, max_new_tokens=8, viable=ends_early)
+    out_b = pool.add(second, req_b, max_new_tokens=8, viable=ends_early)
+    pool.run()
+    assert max(steps) == 2 and len(pool._heads) == 0  # both heads in a step; forgotten once drained
+    for req, got in zip(req_a, out_a):
+        assert got == reference(model, prefix(setup, 1, req.position), req.seed, closing, abandoning, 8,
+                                viable=ends_early)[0]
+    for req, got in zip(req_b, out_b):
+        doc = [0, 2][req.row]
+        seq = other.head_ids + other_mids[doc] + texts[doc][:req.position] + [api]
+        assert got == reference(model, seq, req.seed, closing, abandoning, 8, viable=ends_early)[0]
