@@ -89,21 +89,32 @@ def test_a_result_injected_in_a_batch_runs_the_linears_on_the_real_tokens_only(t
     padded loop's (and the loop's other steps feed 1 or 2 rows, the prefill 2 x the prompt)."""
     model, tok = tiny_model
     prompts = [PROMPT, "The quick brown fox"]
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
     texts = {}
     for unpad in (False, True):
         gen, _ = make(tiny_model, {"Calculator": Fixed("0.29")}, {PROMPT: CALL}, max_new_tokens=30)
         gen.unpad_ragged_steps = unpad
+        # The Linear row counts of each forward call, by the call's input width.
+        steps: list[tuple[int, list[int]]] = []
+        start = model.register_forward_pre_hook(
+            lambda m, a, k: steps.append((k["input_ids"].shape[1], [])), with_kwargs=True)
         rows, remove = linear_rows(model)
         try:
             outs = gen.generate(prompts, batch_size=2)
         finally:
             remove()
+            start.remove()
+        for _, step_rows in steps:
+            step_rows.extend(rows[:linears])
+            del rows[:linears]
         texts[unpad] = [(o.text, o.calls) for o in outs]
         result = len(gen.result_ids(" 0.29"))
         width = 1 + result  # the arrow and the result, right-aligned
-        if unpad:
-            assert 1 + result + 1 in rows and 2 * width not in rows
-        else:
-            assert 2 * width in rows
+        injection = [r for w, r in steps if w == width]
+        assert len(injection) == 1  # one step feeds the arrow and the result beside a one-token row
+        # The body's Linears take the real tokens (1 + result + 1) or all 2 x width positions; the
+        # output layer (logits_to_keep=1) takes one position per row either way.
+        body = 1 + result + 1 if unpad else 2 * width
+        assert injection[0] == [body] * (linears - 1) + [2]
     assert texts[True] == texts[False]
     assert texts[True][0][0].startswith(" [Calculator(400 / 1400) -> 0.29]")
