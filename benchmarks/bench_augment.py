@@ -350,7 +350,8 @@ def decode_rows_table(model, context: int = 800, rows=(1, 2, 4, 8, 16, 24, 32, 4
         if shared and usable(model):
             cascade = Cascade([head], [torch.arange(r, device=model.device)])
             shared_s = step_seconds(r, context - shared, {"cascade": cascade})
-            row.update(step_ms_shared_head=round(1000 * shared_s, 1), ms_per_row_shared_head=round(1000 * shared_s / r, 2))
+            row.update(step_ms_shared_head=round(1000 * shared_s, 1),
+                       ms_per_row_shared_head=round(1000 * shared_s / r, 2))
         table.append(row)
         print(json.dumps({"decode_rows": row}))
     return table

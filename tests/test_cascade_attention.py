@@ -13,7 +13,8 @@ import tests.test_row_pool as row_pool_tests
 import toolformer.cascade_attention as cascade_attention
 from tests.test_row_pool import DOCS, ends_early, prefix, reference, score
 from toolformer.cascade_attention import Cascade, cascade_forward
-from toolformer.sampling import PromptCache, RowPool, SampleRequest, sample_calls, score_positions, stable_seed
+from toolformer.sampling import (PromptCache, RowPool, SampleRequest, sample_calls, score_positions,
+                                 stable_seed)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 setup = row_pool_tests.setup  # the row pool tests' fixture: tiny model, prompt head, documents
@@ -55,7 +56,8 @@ def test_the_pool_keeps_the_head_once_and_samples_the_same(setup, monkeypatch):
     assert cascade_attention.usable(model)
     scored = score(setup, [0, 1, 2])
     assert scored.head is prompt
-    requests = [SampleRequest(b, i, stable_seed(3, b, i)) for b in range(3) for i in range(1, len(texts[b]), 4)]
+    requests = [SampleRequest(b, i, stable_seed(3, b, i))
+                for b in range(3) for i in range(1, len(texts[b]), 4)]
     calls, widths = [], {}
     real = cascade_attention.cascade_forward
 
@@ -75,8 +77,8 @@ def test_the_pool_keeps_the_head_once_and_samples_the_same(setup, monkeypatch):
         assert bool(calls) == on
     assert got[True] == got[False]
     assert widths[False] - widths[True] == len(prompt)  # the head's columns are not in the rows
-    refs = [reference(model, prefix(setup, r.row, r.position), r.seed, closing, abandoning, 10, viable=ends_early)[0]
-            for r in requests]
+    refs = [reference(model, prefix(setup, r.row, r.position), r.seed, closing, abandoning, 10,
+                      viable=ends_early)[0] for r in requests]
     assert got[True] == refs
     assert sample_calls(model, scored, requests, api, closing, abandoning, max_new_tokens=10,
                         viable=ends_early, max_rows=4) == refs
@@ -86,8 +88,8 @@ def test_two_tools_heads_in_one_step_each_row_sees_its_own(setup):
     """Rows of two tools (two prompt heads of different lengths) decode in the same steps: each
     sample equals the same sample decoded alone from its own full prefix."""
     model, tok, prompt, api, mids, texts, closing, abandoning = setup
-    other = PromptCache(model, tok, "Add Calendar calls.\nInput: It is May.\nOutput: It is [Calendar()] May.\n"
-                                    "Input: {input}\nOutput:")
+    other = PromptCache(model, tok, "Add Calendar calls.\nInput: It is May.\n"
+                                    "Output: It is [Calendar()] May.\nInput: {input}\nOutput:")
     assert len(other) != len(prompt)
     other_mids = [tok(other.parts.middle(d), add_special_tokens=False)["input_ids"] for d in DOCS]
     first = score(setup, [1])

@@ -26,7 +26,8 @@ def repeats(monkeypatch):
 
 
 def padded_batch(tok):
-    enc = tok(["The quick brown fox jumps", "Out of 1400"], return_tensors="pt", padding=True, padding_side="left")
+    enc = tok(["The quick brown fox jumps", "Out of 1400"], return_tensors="pt", padding=True,
+              padding_side="left")
     pos = (enc.attention_mask.cumsum(-1) - 1).clamp(min=0)
     return dict(input_ids=enc.input_ids, attention_mask=enc.attention_mask, position_ids=pos)
 

@@ -1,4 +1,5 @@
-"""The generation cache written in place (toolformer.decoding.GrowingLayer) against DynamicLayer's cat."""
+"""The generation cache written in place (toolformer.growing_cache.GrowingLayer) against
+DynamicLayer's concatenation."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from tests.test_generation import CALL, PROMPT, Fixed, make
-from toolformer.decoding import GrowingLayer, _full_attention, _new_cache
+from toolformer.decoding import _full_attention
+from toolformer.growing_cache import GrowingLayer, new_cache
 from toolformer.execution import CallContext
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,7 +38,8 @@ def test_every_operation_the_loop_uses_gives_dynamiclayers_keys():
         for layer in (ref, grow):
             layer.update(*kv(3, 1 + 2 * (step == 2), 10 + step))
         same(ref, grow)
-    assert grow._k.data_ptr() == storage and grow._k.shape[2] == 5 + 128  # sized at the prefill: room for min_room more
+    # sized at the prefill, with room for min_room more columns
+    assert grow._k.data_ptr() == storage and grow._k.shape[2] == 5 + 128
     for layer in (ref, grow):  # a rollback crops; the next step overwrites the cropped columns
         layer.crop(-3)
     same(ref, grow)
@@ -66,10 +69,10 @@ def test_every_operation_the_loop_uses_gives_dynamiclayers_keys():
 
 def test_the_cache_of_a_llama_is_growing_and_counts_as_full_attention(tiny_model, sliding_model):
     model, _ = tiny_model
-    cache = _new_cache(model.config)
+    cache = new_cache(model.config)
     assert [type(layer) for layer in cache.layers] == [GrowingLayer] * model.config.num_hidden_layers
-    assert _full_attention(cache) and _full_attention(_new_cache(model.config, grow=False))
-    sliding = _new_cache(sliding_model[0].config)  # the sliding-window layer stays the library's
+    assert _full_attention(cache) and _full_attention(new_cache(model.config, grow=False))
+    sliding = new_cache(sliding_model[0].config)  # the sliding-window layer stays the library's
     assert [type(layer).__name__ for layer in sliding.layers] == ["DynamicSlidingWindowLayer", "GrowingLayer"]
     assert not _full_attention(sliding)
 

@@ -27,12 +27,10 @@ attention layers and inference; :func:`usable` says whether a model qualifies, a
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
 
 import torch
 
-log = logging.getLogger(__name__)
+from toolformer.switches import switched_on
 
 ENV = "TOOLFORMER_CASCADE"  # 0 / false / no / off: rows keep their own copy of the head
 
@@ -51,9 +49,9 @@ class Cascade:
 
 
 def _flash(query, key, value, mask, scale):
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        query, key, value, attn_mask=mask, scale=scale)[:2]
-    return out, lse
+    """(output, log-sum-exp) of torch's CPU flash attention."""
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    return flash(query, key, value, attn_mask=mask, scale=scale)[:2]
 
 
 def cascade_forward(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -67,16 +65,17 @@ def cascade_forward(module, query: torch.Tensor, key: torch.Tensor, value: torch
     rep = h // kv
     mask = attention_mask
     if mask is not None and mask.dtype == torch.bool:
-        mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill_(~mask, float("-inf"))
-    out, lse = _flash(query, key, value, mask, scaling)  # (B, heads, q, d), (B, heads, q)
-    out = out.clone()
+        # (the CPU flash op takes an additive mask of the query dtype only)
+        mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill_(~mask, -torch.inf)
+    out, lse = _flash(query, key, value, mask, scaling)  # (B, heads, q, d), (B, heads, q): a fresh tensor
     for head, rows in zip(cascade.heads, cascade.rows):
         if rows.numel() == 0:
             continue
         hk, hv = head[module.layer_idx]
         n = rows.numel()
         # (n, heads, q, d) -> (1, kv_heads, n * rep * q, d): every query of a key/value head, all rows
-        qs = query.index_select(0, rows).reshape(n, kv, rep * q, d).transpose(0, 1).reshape(1, kv, n * rep * q, d)
+        qs = query.index_select(0, rows).reshape(n, kv, rep * q, d)
+        qs = qs.transpose(0, 1).reshape(1, kv, n * rep * q, d)
         o1, l1 = _flash(qs, hk, hv, None, scaling)
         o1 = o1.reshape(kv, n, rep * q, d).transpose(0, 1).reshape(n, h, q, d)
         l1 = l1.reshape(kv, n, rep * q).transpose(0, 1).reshape(n, h, q)
@@ -88,20 +87,15 @@ def cascade_forward(module, query: torch.Tensor, key: torch.Tensor, value: torch
     return out.transpose(1, 2).contiguous(), None
 
 
-_ORIGINAL = None
-
-
 def install() -> None:
     """Wrap transformers' ``sdpa`` attention: a call with ``cascade=`` runs :func:`cascade_forward`,
     every other call the library's function (idempotent)."""
-    global _ORIGINAL
     from transformers import AttentionInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     current = ALL_ATTENTION_FUNCTIONS["sdpa"]
     if getattr(current, "toolformer_cascade", False):
         return
-    _ORIGINAL = current
 
     def sdpa_or_cascade(module, query, key, value, attention_mask, *args, cascade: Cascade | None = None,
                         **kwargs):
@@ -116,11 +110,14 @@ def install() -> None:
 def usable(model) -> bool:
     """Whether ``model`` can take ``cascade=``: sdpa attention on the CPU, every layer full attention
     (a sliding-window layer must not see a head its window has left), torch's CPU flash op present."""
-    if os.environ.get(ENV, "1").strip().lower() in {"0", "false", "no", "off"}:
+    if not switched_on(ENV):
         return False
     config = model.config
     types = getattr(config, "layer_types", None)
-    full = all(t == "full_attention" for t in types) if types else getattr(config, "sliding_window", None) is None
+    if types:
+        full = all(t == "full_attention" for t in types)
+    else:
+        full = getattr(config, "sliding_window", None) is None
     ok = (model.device.type == "cpu" and getattr(config, "_attn_implementation", None) == "sdpa" and full
           and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"))
     if ok:

@@ -22,8 +22,8 @@ batch 8 such a step took ~2x a 1-token step padded (285 ms against 146) and 1.6x
 skipped (228 ms); the 4 such steps of a batch were a quarter of its time. Attention still runs over
 the padded step (cheap at these lengths) -- on the CPU without repeating the key/value heads
 (:mod:`toolformer.gqa_attention`: those copies were half of such a step), and the cache is written in
-place (:class:`GrowingLayer`) rather than concatenated every step. On another VM (Intel Xeon, one
-thread), batch 8 of the benchmark: 2.78 s with neither, 2.69 s with the GQA path, 2.63 s with both
+place (:class:`toolformer.growing_cache.GrowingLayer`) rather than concatenated every step. On
+another VM (Intel Xeon, one thread), batch 8 of the benchmark: 2.78 s with neither, 2.69 s with the GQA path, 2.63 s with both
 (minimum of 3 interleaved runs; the same texts); an injection step 187 -> ~155 ms against 87 ms for a
 one-token step of 8 rows.
 
@@ -43,11 +43,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from toolformer.call_format import DEFAULT_FORMAT, UNTERMINATED, CallFormat, parse_calls
 from toolformer.execution import CallContext, ToolOutcome
+from toolformer.growing_cache import GrowingLayer, new_cache
 from toolformer.ragged import real_rows_only
 
 log = logging.getLogger("toolformer.generation")  # one logger for the generator, wherever the code lives
@@ -58,64 +58,6 @@ def _full_attention(cache) -> bool:
     only then may positions be shared or skipped per token."""
     layers = getattr(cache, "layers", None)
     return bool(layers) and all(type(layer) in (DynamicLayer, GrowingLayer) for layer in layers)
-
-
-class GrowingLayer(DynamicLayer):
-    """A full-attention cache layer written in place: ``keys``/``values`` are views of a storage
-    with room for more columns, and a step writes its new columns into it.
-
-    ``DynamicLayer.update`` concatenates, so every step of every layer copies the whole cache into
-    fresh memory (at batch 8 and 155 columns, 60 copies of 0.9 MB a step; when the allocator hands
-    back unmapped pages each costs a page fault per 4 KiB). Here the storage grows by a quarter (at
-    least ``min_room`` columns) when full: a generation of up to 128 tokens after its prompt never
-    copies the cache again, a long one copies it O(log n) times, and the memory is at most 1.25x the
-    cache's plus 128 columns (not 2x: an evaluation batch of long prompts would double its cache). Everything ``DynamicLayer`` does still works on the
-    views: ``crop`` narrows them (the next step overwrites the cropped columns), and anything that
-    assigns ``keys``/``values`` anew (``DecodeLoop._share_prefix``) is taken as the new content, copied
-    into a fresh storage at the next update. The views never reach an unwritten column.
-    """
-
-    min_room = 128  # spare columns at least, when the storage is (re)allocated
-
-    def _in_storage(self) -> bool:
-        k = getattr(self, "_k", None)
-        return (k is not None and self.keys is not None and self.keys.data_ptr() == k.data_ptr()
-                and self.keys.stride() == k.stride() and self.values.data_ptr() == self._v.data_ptr()
-                and self.values.stride() == self._v.stride() and self.keys.shape[:2] == k.shape[:2])
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        n, t = self.get_seq_length(), key_states.shape[-2]
-        if not (self._in_storage() and n + t <= self._k.shape[2]):
-            b, h, _, d = key_states.shape
-            capacity = n + t + max(self.min_room, (n + t) // 4)
-            k = key_states.new_empty((b, h, capacity, d))
-            v = value_states.new_empty((b, h, capacity, value_states.shape[-1]))
-            if n:
-                k[:, :, :n], v[:, :, :n] = self.keys, self.values
-            self._k, self._v = k, v
-        self._k[:, :, n:n + t] = key_states
-        self._v[:, :, n:n + t] = value_states
-        self.keys, self.values = self._k[:, :, :n + t], self._v[:, :, :n + t]
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.get_seq_length() > 0 and self._in_storage():  # keep the room: one copy, not two
-            n = self.get_seq_length()
-            self._k, self._v = self._k[indices], self._v[indices]
-            self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
-        else:
-            super().batch_select_indices(indices)
-
-
-def _new_cache(config, grow: bool = True) -> DynamicCache:
-    """A ``DynamicCache`` for ``config``; with ``grow`` its full-attention layers are
-    :class:`GrowingLayer` (sliding-window and other layers stay as the library makes them)."""
-    cache = DynamicCache(config=config)
-    if grow:
-        cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
-    return cache
 
 
 @dataclass
@@ -224,7 +166,7 @@ class DecodeLoop:
             row.n_prompt = len(row.prompt_ids)
             if row.n_prompt == 0:
                 raise ValueError(f"prompt {row.index} tokenizes to nothing")
-        cache = _new_cache(self.model.config, grow=self.grow_cache_in_place)
+        cache = new_cache(self.model.config, grow=self.grow_cache_in_place)
         # Left padding: positions count real tokens only, so a row's logits do not see its padding.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         shared = self._shared_prefix(rows, cache)

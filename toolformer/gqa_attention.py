@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 
 import torch
+
+from toolformer.switches import switched_on
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def _cpu_masked_gqa(original):
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+    return switched_on(ENV)
 
 
 def enable() -> bool:

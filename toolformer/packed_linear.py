@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
+
+from toolformer.switches import switched_on
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def available() -> bool:
 
 def enabled() -> bool:
     """Packing is on unless ``TOOLFORMER_PACKED_LINEAR`` is ``0`` (or ``false``/``no``/``off``)."""
-    return os.environ.get(ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+    return switched_on(ENV)
 
 
 def _forward(module: torch.nn.Linear, packed: torch.Tensor, ptr: int, version: int,

@@ -301,7 +301,7 @@ class RowPool:
 
     def _shared_head(self, scored: ScoredBatch) -> tuple[int, int | None]:
         """(columns left out of each row, index of the head in ``self._heads``) for ``scored``."""
-        head = getattr(scored, "head", None)
+        head = scored.head
         if not self.cascade or head is None or len(head) == 0:
             return 0, None
         for h, known in enumerate(self._heads):
