@@ -252,7 +252,7 @@ def load_model(
     """``(model, tokenizer)`` in eval mode on the chosen device, with an explicit dtype.
 
     ``pack_weights=True`` packs the fp32 Linear weights on the CPU for fast few-row products
-    (:mod:`toolformer.packed_linear`: decoding a batch of 4-12 rows; the same results to rounding,
+    (:mod:`toolformer.packed_linear`: decoding 1-12 rows at a time; the same results to rounding,
     about 0.9 GB more memory for the default model, ``TOOLFORMER_PACKED_LINEAR=0`` turns it off
     everywhere). Pass ``False`` for a model that will be trained, or that never decodes few rows.
     On the CPU, masked attention of several query tokens uses torch's grouped-query kernel instead

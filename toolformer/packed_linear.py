@@ -8,10 +8,14 @@ of SmolLM2-135M (random weights, 30 layers + the output layer), 8 rows take 98 m
 ``torch.ops.mkl._mkl_linear`` multiplies with; PyTorch's inductor uses it the same way for frozen
 CPU models) 8 rows take 60 ms; at 1-3 rows the two are within 4%, from 16 rows on the plain product
 is as fast or faster. In the model, a decode step of 8 rows at 132 cached tokens: 132 -> 104 ms
-(the Linear layers 70 -> 59 ms, the output layer 26 -> 12 ms); 1 row: 59 ms either way. So
-:func:`pack_linears` keeps both: the packed copy serves inputs of ``MIN_ROWS``-``MAX_ROWS`` rows,
-everything else (prefill, scoring, the filter's passes, one-row decoding, the augment sampler's
-48-row pool) goes through ``F.linear`` with the original weight as before.
+(the Linear layers 70 -> 59 ms, the output layer 26 -> 12 ms); 1 row: 59 ms either way. On another
+VM (2026-12-04) 1-3 rows gain too, the output layer most: the body's Linears at 1 / 2 / 3 rows 36.3 /
+55.0 / 67.4 ms plain against 32.9 / 46.2 / 59.2 packed, the output layer 10.4 / 22.2 / 33.5 against
+4.7 / 9.1 / 14.1 (``F.linear`` at 3 rows cost more than at 8 there), and a one-row decode step at 140
+cached tokens went 74.4 -> 63.5 ms (median of 12; the same greedy texts). So :func:`pack_linears`
+keeps both: the packed copy serves inputs of ``MIN_ROWS``-``MAX_ROWS`` rows (one-row decoding
+included), everything else (prefill, scoring, the filter's passes, the augment sampler's 48-row pool)
+goes through ``F.linear`` with the original weight as before.
 
 The cost is memory: the packed copies of SmolLM2-135M add about 0.9 GB of resident memory to the
 0.54 GB of fp32 weights. ``TOOLFORMER_PACKED_LINEAR=0`` turns packing off.
@@ -38,7 +42,7 @@ from toolformer.switches import switched_on
 
 log = logging.getLogger(__name__)
 
-MIN_ROWS, MAX_ROWS = 4, 12  # where packed beats the plain product (module docstring)
+MIN_ROWS, MAX_ROWS = 1, 12  # where packed beats (or, on some CPUs, equals) the plain product (docstring)
 ENV = "TOOLFORMER_PACKED_LINEAR"
 
 
@@ -85,7 +89,8 @@ def pack_linears(model: torch.nn.Module) -> int:
             w = module.weight
             if w.device.type != "cpu" or w.dtype != torch.float32 or w.dim() != 2:
                 continue
-            packed = torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), 8)  # the pack does not depend on rows
+            # (the pack does not depend on rows)
+            packed = torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), 8)
             module.forward = functools.partial(_forward, module, packed, w.data_ptr(), w._version)
             count += 1
     return count
@@ -96,7 +101,8 @@ def unpack_linears(model: torch.nn.Module) -> int:
     count = 0
     for module in model.modules():
         fwd = vars(module).get("forward")
-        if isinstance(module, torch.nn.Linear) and isinstance(fwd, functools.partial) and fwd.func is _forward:
+        ours = isinstance(fwd, functools.partial) and fwd.func is _forward
+        if isinstance(module, torch.nn.Linear) and ours:
             del module.forward
             count += 1
     return count
