@@ -60,7 +60,18 @@ DOCS=6; STEPS=40; QUICK=${GPU_QUICK:-0}
 DTYPE=bfloat16; AUG=(); GEN=(--batch-sizes 1,8,32)
 # the CPU dry run: the same commands, cut to what shows that each one runs
 [ "$DEVICE" = cpu ] && { DTYPE=float32; AUG=(--skip-naive --windows); GEN=(--prompts 2 --new-tokens 4 --batch-sizes 1,2); STEPS=2; }
-step() { echo; echo "== $1"; shift; local t0=$SECONDS; "$@" 2>&1 | tee "$OUT/$(echo "$1 $2" | tr -c 'a-zA-Z0-9' _).log" | grep -v -e Warning -e 'Loading weights'; echo "   ($((SECONDS - t0)) s)"; }
+# A step that fails is reported and the next one runs (a device lease is short: one broken step must not
+# cost the others' figures); the script exits 1 at the end if any failed.
+FAILED=()
+step() {
+  echo; echo "== $1"; local name=$1; shift; local t0=$SECONDS rc
+  set +e
+  "$@" 2>&1 | tee "$OUT/$(echo "$1 $2" | tr -c 'a-zA-Z0-9' _).log" | grep -v -e Warning -e 'Loading weights'
+  rc=${PIPESTATUS[0]}
+  set -e
+  echo "   ($((SECONDS - t0)) s, exit $rc)"
+  [ "$rc" = 0 ] || FAILED+=("$name (exit $rc)")
+}
 if [ "$DEVICE" = cuda ]; then
   step "CUDA tests (generation, row pool, augment_texts on CUDA vs CPU)" \
     "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_row_pool.py -k "cuda or CUDA"
@@ -72,3 +83,7 @@ step "generation: batch 1 vs 8 vs model.generate, $DTYPE" \
 step "fine-tuning: ours vs a plain PyTorch loop, $DTYPE, the real model" \
   "$PY" benchmarks/bench_finetune.py --model smollm2-135m --device "$DEVICE" --dtype "$DTYPE" --steps "$STEPS"
 echo; echo "logs in $OUT/"
+if [ ${#FAILED[@]} -gt 0 ]; then
+  printf 'gpu.sh: failed: %s\n' "${FAILED[@]}" >&2
+  exit 1
+fi
