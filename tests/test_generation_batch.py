@@ -318,3 +318,66 @@ def test_a_prompt_that_is_the_whole_head_or_repeats(tiny_model, prompts):
         gen.min_shared_prefix = 16 if share else 10**9
         outs[share] = key(gen.generate(prompts, batch_size=len(prompts)))
     assert outs[True] == outs[False]
+
+
+# ---- the head kept from one call to the next (DecodeLoop._head_memo) --------------------------
+
+def _head_generator(tiny_model):
+    model, tok = tiny_model
+    return ToolGenerator(model, tok, ToolExecutor({"Calculator": Calc(), "Calendar": Cal()}),
+                         GenerationConfig(max_new_tokens=12), LogitsProcessorList([Scripted(tok, head_plans())]))
+
+
+def _common(a, b):
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _fed(model):
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                           with_kwargs=True)
+    return shapes, hook
+
+
+def test_prompt_after_prompt_feeds_only_what_the_previous_prompt_did_not_run(tiny_model):
+    model, tok = tiny_model
+    p0, p1 = ids(tok, HEAD + TAILS[0]), ids(tok, HEAD + TAILS[1])
+    n = _common(p0, p1)
+    assert 16 <= n < len(p1)
+    gen = _head_generator(tiny_model)
+    shapes, hook = _fed(model)
+    try:
+        gen.generate([HEAD + TAILS[0]])
+        assert shapes[0] == (1, len(p0))  # nothing kept yet: the whole prompt
+        shapes.clear()
+        second = gen.generate([HEAD + TAILS[1]])
+        assert shapes[0] == (1, len(p1) - n)  # the n shared tokens come from the first call's cache
+    finally:
+        hook.remove()
+    assert key(second) == key(_head_generator(tiny_model).generate([HEAD + TAILS[1]]))
+
+
+def test_batch_after_batch_runs_the_head_once_and_changed_weights_run_it_again(tiny_model):
+    model, tok = tiny_model
+    gen = _head_generator(tiny_model)
+    shapes, hook = _fed(model)
+    try:
+        gen.generate([HEAD + t for t in TAILS[:3]], batch_size=3)
+        assert shapes[0][0] == 1  # the batch's head, once
+        shapes.clear()
+        outs = gen.generate([HEAD + t for t in TAILS[3:]], batch_size=2)
+        assert shapes[0][0] == 2  # not again: the first pass is already the rest of the batch
+        # an in-place update (of a norm's weight, to the same values: the fixture's Linear layers keep
+        # their packed copies): what was kept may be stale
+        weight = next(m.weight for m in model.modules() if "Norm" in type(m).__name__)
+        with torch.no_grad():
+            weight.mul_(1.0)
+        shapes.clear()
+        gen.generate([HEAD + TAILS[1]])
+        assert shapes[0] == (1, len(ids(tok, HEAD + TAILS[1])))  # the whole prompt again
+    finally:
+        hook.remove()
+    assert key(outs) == key(_head_generator(tiny_model).generate([HEAD + t for t in TAILS[3:]], batch_size=2))

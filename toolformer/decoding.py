@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -140,6 +140,16 @@ class _Row:
             self.log.append((kind, ids, self.call_start is not None))
 
 
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common prefix of two id lists."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class DecodeLoop:
     """The decode loop, mixed into :class:`toolformer.generation.ToolGenerator`.
 
@@ -150,6 +160,9 @@ class DecodeLoop:
 
     # A batch whose prompts share a head of at least this many tokens runs the head once (_share_prefix).
     min_shared_prefix = 16
+    # The last head run, kept for the next calls (_share_prefix): (weights' fingerprint, ids, per-layer
+    # (keys, values) of one row). None until a head has run.
+    _head_memo: tuple | None = None
     # Ragged steps run the Linear layers on their real tokens only (toolformer.ragged).
     unpad_ragged_steps = True
     # Full-attention cache layers are written in place (GrowingLayer), not concatenated.
@@ -175,6 +188,8 @@ class DecodeLoop:
         logits = self.model(input_ids=enc.input_ids[:, shared:], attention_mask=mask,
                             position_ids=positions[:, shared:], **{self._cache_kw: cache}, use_cache=True,
                             logits_to_keep=1).logits
+        if len(rows) == 1 and _full_attention(cache):  # the whole prompt, for the next call's head
+            self._remember(rows[0].prompt_ids, cache)
         active = list(rows)
         unpad = self.unpad_ragged_steps and _full_attention(cache)
         while True:
@@ -358,21 +373,36 @@ class DecodeLoop:
     def _shared_prefix(self, rows: list[_Row], cache) -> int:
         """How many leading prompt tokens, common to every row, the prefill runs once (0: none).
 
-        Only for a batch whose prompts share at least ``min_shared_prefix`` tokens (a few-shot head)
-        and a cache of full layers (a sliding-window layer keeps only its last keys); never the
-        whole of the longest prompt, whose last token must be fed for its logits.
+        Only for a batch whose prompts share at least ``min_shared_prefix`` tokens (a few-shot head), or
+        a single prompt that shares as many with the prompt or head an earlier call ran (``_head_memo``),
+        and a cache of full layers (a sliding-window layer keeps only its last keys);
+        never the whole of the longest prompt, whose last token must be fed for its logits.
         """
-        if len(rows) < 2 or not _full_attention(cache):
+        if not _full_attention(cache):
             return 0
         first = rows[0].prompt_ids
-        shared = min(row.n_prompt for row in rows)
-        for row in rows[1:]:
-            ids, n = row.prompt_ids, 0
-            while n < shared and ids[n] == first[n]:
-                n += 1
-            shared = n
+        if len(rows) < 2:  # what it shares with the prompt or head an earlier call ran (_head_memo)
+            memo = self._valid_memo()
+            shared = _common(memo[1], first) if memo else 0
+        else:
+            shared = min(row.n_prompt for row in rows)
+            for row in rows[1:]:
+                shared = _common(row.prompt_ids[:shared], first)
         shared = min(shared, max(row.n_prompt for row in rows) - 1)
         return shared if shared >= self.min_shared_prefix else 0
+
+    def _fingerprint(self) -> tuple:
+        """What the memo's keys and values depend on: the weights (their storage and in-place version)."""
+        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.model.parameters())
+
+    def _remember(self, ids: Sequence[int], cache) -> None:
+        """Keep the one-row keys and values of ``ids`` (all of ``cache``'s columns) for later calls."""
+        self._head_memo = (self._fingerprint(), list(ids),
+                           [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers])
+
+    def _valid_memo(self) -> tuple | None:
+        memo = self._head_memo
+        return memo if memo is not None and memo[0] == self._fingerprint() else None
 
     def _share_prefix(self, rows: list[_Row], cache, shared: int, width: int) -> None:
         """Fill ``cache`` with the first ``shared`` columns of the left-padded batch of ``rows``
@@ -383,11 +413,27 @@ class DecodeLoop:
         head token j - pad (a padding column holds a copy of some head token, masked like the padding
         it stands for). The rest of the batch (columns ``shared`` ..) is fed as usual: the batch is
         the same as if every row had run its whole prompt, at one copy of the head's cost.
+
+        The head's one-row keys and values are kept (``_head_memo``, one head: the last) for the next
+        calls: the tokens a later head shares with it are not run again while the weights are the same
+        tensors at the same in-place version (a prompt's few-shot examples, batch after batch, or
+        prompt after prompt at batch 1). The values equal a fresh prefill's up to float rounding (the
+        rest of the head runs as a continuation, as the batch's suffixes already do).
         """
-        head = torch.tensor([rows[0].prompt_ids[:shared]], device=self.device)
-        self.model(input_ids=head, attention_mask=torch.ones_like(head),
-                   position_ids=torch.arange(shared, device=self.device)[None], **{self._cache_kw: cache},
-                   use_cache=True, logits_to_keep=1)
+        ids = rows[0].prompt_ids[:shared]
+        memo = self._valid_memo()
+        reuse = min(_common(memo[1], ids), shared) if memo else 0
+        if reuse:  # the memo's first `reuse` columns, as a fresh cache (assigned: never written in place)
+            for layer, (k, v) in zip(cache.layers, memo[2]):
+                layer.lazy_initialization(k, v)
+                layer.keys, layer.values = k[:, :, :reuse], v[:, :, :reuse]
+        if reuse < shared:
+            head = torch.tensor([ids[reuse:]], device=self.device)
+            mask = torch.ones((1, shared), dtype=torch.long, device=self.device)
+            self.model(input_ids=head, attention_mask=mask,
+                       position_ids=torch.arange(reuse, shared, device=self.device)[None],
+                       **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1)
+            self._remember(ids, cache)
         pads = torch.tensor([width - row.n_prompt for row in rows], device=self.device)
         columns = (torch.arange(shared, device=self.device)[None] - pads[:, None]).clamp(min=0)  # (B, shared)
         for layer in cache.layers:

@@ -46,7 +46,11 @@ The decode loop, as in the paper (section "Inference", METHOD.md "Decoding with 
   by one in the rows' order.
 * A batch whose prompts share a head of at least 16 tokens (a few-shot prompt) runs it once: the
   prefill is compute-bound, while a 1-token step of 8 rows costs far less than 8 steps of 1 row, so
-  the head would otherwise cost a batch of 8 as much as all its decode steps.
+  the head would otherwise cost a batch of 8 as much as all its decode steps. The generator keeps the
+  last head's keys and values (a single prompt's: all of it) for its next call, so the same few-shot
+  examples are not run again batch after batch, or prompt after prompt at batch 1, while the weights
+  are unchanged (the benchmark's 8 prompts at batch 1: prefill 14 tokens instead of 132 from the
+  second prompt on).
 
 Streaming (one prompt): :meth:`ToolGenerator.tokens` yields a :class:`TokenEvent` for each decision
 as it is made -- a token appended, the result ids injected at an arrow, a failed call taken back --
