@@ -381,3 +381,19 @@ def test_batch_after_batch_runs_the_head_once_and_changed_weights_run_it_again(t
     finally:
         hook.remove()
     assert key(outs) == key(_head_generator(tiny_model).generate([HEAD + t for t in TAILS[3:]], batch_size=2))
+
+
+def test_what_is_kept_is_at_most_memo_max_tokens_and_still_serves_the_next_prompt(tiny_model):
+    model, tok = tiny_model
+    gen = _head_generator(tiny_model)
+    gen.memo_max_tokens = 20
+    p1 = ids(tok, HEAD + TAILS[1])
+    gen.generate([HEAD + TAILS[0]])
+    assert len(gen._head_memo[1]) == 20 and gen._head_memo[2][0][0].shape[2] == 20
+    shapes, hook = _fed(model)
+    try:
+        second = gen.generate([HEAD + TAILS[1]])
+    finally:
+        hook.remove()
+    assert shapes[0] == (1, len(p1) - 20)
+    assert key(second) == key(_head_generator(tiny_model).generate([HEAD + TAILS[1]]))

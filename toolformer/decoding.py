@@ -163,6 +163,8 @@ class DecodeLoop:
     # The last head run, kept for the next calls (_share_prefix): (weights' fingerprint, ids, per-layer
     # (keys, values) of one row). None until a head has run.
     _head_memo: tuple | None = None
+    # ... of at most this many leading tokens (a few-shot head; 1024 of SmolLM2-135M's fp32 cache: 47 MB)
+    memo_max_tokens = 1024
     # Ragged steps run the Linear layers on their real tokens only (toolformer.ragged).
     unpad_ragged_steps = True
     # Full-attention cache layers are written in place (GrowingLayer), not concatenated.
@@ -396,9 +398,11 @@ class DecodeLoop:
         return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.model.parameters())
 
     def _remember(self, ids: Sequence[int], cache) -> None:
-        """Keep the one-row keys and values of ``ids`` (all of ``cache``'s columns) for later calls."""
-        self._head_memo = (self._fingerprint(), list(ids),
-                           [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers])
+        """Keep the one-row keys and values of ``ids`` (``cache``'s columns; the first ``memo_max_tokens``)
+        for later calls."""
+        n = min(len(ids), self.memo_max_tokens)
+        kept = [(layer.keys[:, :, :n].clone(), layer.values[:, :, :n].clone()) for layer in cache.layers]
+        self._head_memo = (self._fingerprint(), list(ids[:n]), kept)
 
     def _valid_memo(self) -> tuple | None:
         memo = self._head_memo
