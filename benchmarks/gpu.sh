@@ -37,11 +37,10 @@ if [ -n "${PY:-}" ]; then :
 elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
 elif python3 -c "import torch" 2>/dev/null; then
   PY=python3
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   if [ -d "$BUNDLE/wheels" ]; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$BUNDLE"/wheels/*.whl
-    export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  else
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    PYTHONPATH="$SITE:$PYTHONPATH"
   fi
 else make install >/dev/null && PY=.venv/bin/python
 fi

@@ -16,6 +16,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from tests.test_generation import PROMPT, Fixed, Scripted, ids
+from toolformer.decoding import _common
 from toolformer.execution import ToolOutcome
 from toolformer.generation import CallRecord, GenerationConfig, ToolGenerator
 from tools.base import CallContext, Tool
@@ -326,13 +327,6 @@ def _head_generator(tiny_model):
     model, tok = tiny_model
     return ToolGenerator(model, tok, ToolExecutor({"Calculator": Calc(), "Calendar": Cal()}),
                          GenerationConfig(max_new_tokens=12), LogitsProcessorList([Scripted(tok, head_plans())]))
-
-
-def _common(a, b):
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def _fed(model):

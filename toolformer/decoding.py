@@ -184,14 +184,16 @@ class DecodeLoop:
         cache = new_cache(self.model.config, grow=self.grow_cache_in_place)
         # Left padding: positions count real tokens only, so a row's logits do not see its padding.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        shared = self._shared_prefix(rows, cache)
+        fingerprint = self._fingerprint()  # of the weights, once per call: the memo is valid for them only
+        memo = self._head_memo if self._head_memo and self._head_memo[0] == fingerprint else None
+        shared = self._shared_prefix(rows, cache, memo)
         if shared:  # the common head of the prompts runs once (see _share_prefix)
-            self._share_prefix(rows, cache, shared, mask.shape[1])
+            self._share_prefix(rows, cache, shared, mask.shape[1], memo, fingerprint)
         logits = self.model(input_ids=enc.input_ids[:, shared:], attention_mask=mask,
                             position_ids=positions[:, shared:], **{self._cache_kw: cache}, use_cache=True,
                             logits_to_keep=1).logits
         if len(rows) == 1 and _full_attention(cache):  # the whole prompt, for the next call's head
-            self._remember(rows[0].prompt_ids, cache)
+            self._remember(rows[0].prompt_ids, cache, fingerprint)
         active = list(rows)
         unpad = self.unpad_ragged_steps and _full_attention(cache)
         while True:
@@ -372,11 +374,12 @@ class DecodeLoop:
         scores, row.call_scores = row.call_scores, None
         self._add_text_token(row, int(self._pick(self._mask_api(scores[None]), gen)[0]))
 
-    def _shared_prefix(self, rows: list[_Row], cache) -> int:
+    def _shared_prefix(self, rows: list[_Row], cache, memo: tuple | None) -> int:
         """How many leading prompt tokens, common to every row, the prefill runs once (0: none).
 
         Only for a batch whose prompts share at least ``min_shared_prefix`` tokens (a few-shot head), or
-        a single prompt that shares as many with the prompt or head an earlier call ran (``_head_memo``),
+        a single prompt that shares as many with the prompt or head an earlier call ran (``memo``: the
+        ``_head_memo`` if it is valid for the weights),
         and a cache of full layers (a sliding-window layer keeps only its last keys);
         never the whole of the longest prompt, whose last token must be fed for its logits.
         """
@@ -384,7 +387,6 @@ class DecodeLoop:
             return 0
         first = rows[0].prompt_ids
         if len(rows) < 2:  # what it shares with the prompt or head an earlier call ran (_head_memo)
-            memo = self._valid_memo()
             shared = _common(memo[1], first) if memo else 0
         else:
             shared = min(row.n_prompt for row in rows)
@@ -397,18 +399,15 @@ class DecodeLoop:
         """What the memo's keys and values depend on: the weights (their storage and in-place version)."""
         return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.model.parameters())
 
-    def _remember(self, ids: Sequence[int], cache) -> None:
+    def _remember(self, ids: Sequence[int], cache, fingerprint: tuple) -> None:
         """Keep the one-row keys and values of ``ids`` (``cache``'s columns; the first ``memo_max_tokens``)
         for later calls."""
         n = min(len(ids), self.memo_max_tokens)
         kept = [(layer.keys[:, :, :n].clone(), layer.values[:, :, :n].clone()) for layer in cache.layers]
-        self._head_memo = (self._fingerprint(), list(ids[:n]), kept)
+        self._head_memo = (fingerprint, list(ids[:n]), kept)
 
-    def _valid_memo(self) -> tuple | None:
-        memo = self._head_memo
-        return memo if memo is not None and memo[0] == self._fingerprint() else None
-
-    def _share_prefix(self, rows: list[_Row], cache, shared: int, width: int) -> None:
+    def _share_prefix(self, rows: list[_Row], cache, shared: int, width: int, memo: tuple | None,
+                      fingerprint: tuple) -> None:
         """Fill ``cache`` with the first ``shared`` columns of the left-padded batch of ``rows``
         (``width`` columns), computing the common prompt head once.
 
@@ -425,7 +424,6 @@ class DecodeLoop:
         rest of the head runs as a continuation, as the batch's suffixes already do).
         """
         ids = rows[0].prompt_ids[:shared]
-        memo = self._valid_memo()
         reuse = min(_common(memo[1], ids), shared) if memo else 0
         if reuse:  # the memo's first `reuse` columns, as a fresh cache (assigned: never written in place)
             for layer, (k, v) in zip(cache.layers, memo[2]):
@@ -437,7 +435,7 @@ class DecodeLoop:
             self.model(input_ids=head, attention_mask=mask,
                        position_ids=torch.arange(reuse, shared, device=self.device)[None],
                        **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1)
-            self._remember(ids, cache)
+            self._remember(ids, cache, fingerprint)
         pads = torch.tensor([width - row.n_prompt for row in rows], device=self.device)
         columns = (torch.arange(shared, device=self.device)[None] - pads[:, None]).clamp(min=0)  # (B, shared)
         for layer in cache.layers:
